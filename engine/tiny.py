@@ -33,9 +33,19 @@ def tiny_model(seed: int = 0, layers: int = 4, hidden: int = 64, heads: int = 4,
                       num_hidden_layers=layers, num_attention_heads=heads,
                       num_key_value_heads=kv_heads, max_position_embeddings=max_positions,
                       eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
-                      pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
+                      pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        # A random model ends a passage (EOS) every few hundred tokens, which makes
+        # tests of streaming and Stop flaky. Give every token embedding a constant
+        # dimension 0, which survives into the final hidden state as a large positive
+        # value, and point the special tokens' output rows against it: their logits
+        # sit far below every byte's, so it writes until told to stop.
+        model.model.embed_tokens.weight[:, 0] = 5.0
+        model.lm_head.weight.mul_(1.5 / (cfg.initializer_range * hidden ** 0.5))
+        model.lm_head.weight[:3] = 0.0
+        model.lm_head.weight[:3, 0] = -5.0
     return model, tok
 
 

@@ -1,0 +1,187 @@
+"""python -m engine: the command line, a thin layer over Novel.
+
+Every command exits non-zero with a one-line reason on bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+BENCHES = ("speed", "recall", "perplexity", "sentiment")
+
+
+def _model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="a .gguf file, a model folder, a hub id, or 'tiny'; default: bundled")
+
+
+def _slot(args):
+    from .models import ModelSlot, load
+
+    return ModelSlot(args.model, loader=lambda spec: load(spec))
+
+
+def cmd_new(args) -> int:
+    from .novel import Novel
+
+    Novel.create(Path(args.project), args.title, args.premise, args.style).close()
+    print(f"Created '{args.title}' in {args.project}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from tqdm import tqdm
+
+    from .novel import Novel
+
+    novel = Novel.open(Path(args.project))
+    ids = novel.import_files(args.files, progress=lambda xs: tqdm(xs, desc="Importing",
+                                                                   unit="chapter"))
+    print(f"Imported {len(ids)} chapter(s).")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .novel import Novel
+
+    novel = Novel.open(Path(args.project))
+    chapters = novel.chapters()
+    if args.json:
+        print(json.dumps(chapters))
+        return 0
+    print(novel.bible["title"])
+    for c in chapters:
+        print(f"{c['position']:>4}  {c['title'][:60]:<60} {c['words']:>8} words")
+    print(f"      {'total':<60} {sum(c['words'] for c in chapters):>8} words")
+    return 0
+
+
+def cmd_write(args) -> int:
+    from .novel import Novel
+    from .writer import Sampling
+
+    novel = Novel.open(Path(args.project), _slot(args))
+    if not novel.chapters():
+        novel.add_chapter("Chapter 1")
+    cid = novel.chapter_id(args.chapter)
+    sampling = Sampling(temperature=args.temperature, top_p=args.top_p,
+                        max_new_tokens=args.tokens, seed=args.seed)
+    last = None
+    try:
+        for ev in novel.continue_chapter(cid, sampling, prompt=args.prompt or "",
+                                         budget=args.budget):
+            if ev.delta:
+                sys.stdout.write(ev.delta)
+                sys.stdout.flush()
+            last = ev
+    except KeyboardInterrupt:
+        novel.stop()
+        print("\n[stopped; the text so far is saved]", file=sys.stderr)
+        return 130
+    print()
+    if last is not None:
+        print(f"[{last.status} {json.dumps(last.stats)}]", file=sys.stderr)
+        if args.receipt:
+            Path(args.receipt).write_text(json.dumps(last.receipt, indent=2))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .novel import Novel
+
+    text = Novel.open(Path(args.project)).export(args.format)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"Wrote {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    return importlib.import_module(f".evals.{args.bench}", __package__).run(args)
+
+
+def cmd_score(args) -> int:
+    return importlib.import_module(".score", __package__).run(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m engine",
+                                 description="Mnemosyne: a novel writer that remembers.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("new", help="create a novel")
+    p.add_argument("--project", required=True)
+    p.add_argument("--title", required=True)
+    p.add_argument("--premise", default="")
+    p.add_argument("--style", default="")
+    p.set_defaults(fn=cmd_new)
+
+    p = sub.add_parser("import", help="import .txt/.md files, split on chapter headings")
+    p.add_argument("--project", required=True)
+    p.add_argument("files", nargs="+")
+    p.set_defaults(fn=cmd_import)
+
+    p = sub.add_parser("list", help="chapters with word counts")
+    p.add_argument("--project", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_list)
+
+    p = sub.add_parser("write", help="continue a chapter, streaming the text")
+    p.add_argument("--project", required=True)
+    p.add_argument("--chapter", type=int, default=None, help="1-based; default: the last")
+    p.add_argument("--tokens", type=int, default=200)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--budget", type=int, default=None, help="prompt token budget")
+    p.add_argument("--prompt", default="", help="your own words, added before the model writes")
+    p.add_argument("--receipt", default=None, help="write the context receipt here (JSON)")
+    _model_arg(p)
+    p.set_defaults(fn=cmd_write)
+
+    p = sub.add_parser("export", help="the manuscript as Markdown or plain text")
+    p.add_argument("--project", required=True)
+    p.add_argument("--format", choices=("md", "txt"), default="md")
+    p.add_argument("--out", default=None)
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("bench", help="benchmarks that print figures")
+    bench = p.add_subparsers(dest="bench", required=True)
+    for name in BENCHES:
+        if importlib.util.find_spec(f"engine.evals.{name}") is None:
+            continue  # a benchmark not built yet
+        mod = importlib.import_module(f".evals.{name}", __package__)
+        bp = bench.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0])
+        _model_arg(bp)
+        mod.add_arguments(bp)
+        bp.set_defaults(fn=cmd_bench)
+
+    if importlib.util.find_spec("engine.score") is not None:
+        score = importlib.import_module(".score", __package__)
+        p = sub.add_parser("score", help="log-probabilities of a text continuing the novel")
+        _model_arg(p)
+        score.add_arguments(p)
+        p.set_defaults(fn=cmd_score)
+    return ap
+
+
+def main(argv=None) -> int:
+    from .models import ModelError
+    from .store import ProjectError
+
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ProjectError, ModelError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The context builder: a prompt inside the model's token budget, and its receipt.
+
+Blocks go in stable-first (story bible, pinned memories, recalled memories, recent
+thoughts, then the tail of the manuscript) so the key/value cache of an unchanged
+prefix can be reused between Continues. Each block is tokenised on its own and the
+prompt is the concatenation of those ids, so the receipt's token counts are exactly
+what the model reads.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+# When the budget is short, room goes to: pins (reserved; dropped only when pins
+# alone exceed the budget), the bible, a share for the tail, thoughts, recalled.
+MIN_TAIL_SHARE = 0.5  # the tail may use at least this share of what pins and bible leave
+
+
+@dataclass
+class Block:
+    kind: str            # bible | pinned | recalled | thought | tail
+    label: str           # what the writer sees in the receipt
+    why: str             # why it went in (pinned, similar 0.82, recent, ...)
+    text: str
+    ids: list[int] = field(default_factory=list)
+    score: float | None = None
+
+
+@dataclass
+class Receipt:
+    budget: int
+    total_tokens: int = 0
+    blocks: list[dict] = field(default_factory=list)
+    dropped: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def markdown(self) -> str:
+        lines = [f"**Context:** {self.total_tokens} of {self.budget} tokens"]
+        for b in self.blocks:
+            lines.append(f"- `{b['kind']}` {b['label']} · {b['tokens']} tok · {b['why']}")
+        for d in self.dropped:
+            lines.append(f"- ~~{d['kind']} {d['label']}~~ · {d['tokens']} tok · dropped: "
+                         f"{d['reason']}")
+        lines += [f"- ⚠ {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+def bible_text(bible: dict) -> str:
+    parts = [f"Title: {bible.get('title', '').strip()}"]
+    if (bible.get("premise") or "").strip():
+        parts.append(f"Premise: {bible['premise'].strip()}")
+    if (bible.get("style") or "").strip():
+        parts.append(f"Style: {bible['style'].strip()}")
+    return "\n".join(parts) + "\n\n"
+
+
+def memory_text(kind: str, text: str) -> str:
+    head = {"pinned": "Remember", "recalled": "Earlier", "thought": "Note"}[kind]
+    return f"[{head}: {text.strip()}]\n"
+
+
+def build(tokenizer, budget: int, bible: dict, tail: str, chapter_heading: str = "",
+          pins: list[tuple[str, str]] = (), recalled: list[tuple[str, str, str]] = (),
+          thoughts: list[tuple[str, str]] = ()) -> tuple[list[int], Receipt]:
+    """Assemble the prompt ids and the receipt.
+
+    pins: (label, text); recalled: (label, text, why); thoughts: (label, text).
+    """
+    receipt = Receipt(budget=budget)
+    candidates: list[Block] = [Block("bible", "Story bible", "always", bible_text(bible))]
+    candidates += [Block("pinned", label, "pinned by the writer", memory_text("pinned", text))
+                   for label, text in pins]
+    candidates += [Block("recalled", label, why, memory_text("recalled", text))
+                   for label, text, why in recalled]
+    candidates += [Block("thought", label, "recent thought", memory_text("thought", text))
+                   for label, text in thoughts]
+    for b in candidates:
+        b.ids = _encode(tokenizer, b.text)
+    heading = f"{chapter_heading.strip()}\n\n" if chapter_heading.strip() else ""
+    head_ids, tail_ids = _encode(tokenizer, heading), _encode(tokenizer, tail)
+
+    left = budget
+
+    def drop(b: Block, reason: str) -> None:
+        receipt.dropped.append({"kind": b.kind, "label": b.label, "tokens": len(b.ids),
+                                "reason": reason})
+
+    # 1. pins: reserved; only pins alone over budget drop any (the newest first).
+    pins_b = [b for b in candidates if b.kind == "pinned"]
+    while sum(len(b.ids) for b in pins_b) > budget:
+        victim = pins_b.pop()
+        drop(victim, "pinned memories alone exceed the whole context budget")
+        receipt.warnings.append(
+            "Pinned memories alone exceed the context budget: some pins were left out. "
+            "Shorten or unpin some, or raise the budget.")
+    left -= sum(len(b.ids) for b in pins_b)
+    # 2. the bible, then a reserved share for the tail, then thoughts and recalled.
+    bible_b = candidates[0]
+    if len(bible_b.ids) <= left:
+        left -= len(bible_b.ids)
+    else:
+        drop(bible_b, "no room left after pinned memories")
+        bible_b = None
+    tail_reserve = min(len(head_ids) + len(tail_ids), int(left * MIN_TAIL_SHARE))
+    left -= tail_reserve
+    extras = []
+    for kind in ("thought", "recalled"):
+        for b in (c for c in candidates if c.kind == kind):
+            if len(b.ids) <= left:
+                extras.append(b)
+                left -= len(b.ids)
+            else:
+                drop(b, "over budget (lower priority than the recent text)")
+    left += tail_reserve
+    # 3. the tail takes everything that is left, cut from the left.
+    if len(head_ids) > left:
+        head_ids = []
+    keep = max(0, min(len(tail_ids), left - len(head_ids)))
+    if keep < len(tail_ids):
+        receipt.dropped.append({"kind": "tail", "label": "older manuscript text",
+                                "tokens": len(tail_ids) - keep,
+                                "reason": "beyond the budget; older text is cut first"})
+    kept_tail = tail_ids[len(tail_ids) - keep:] if keep else []
+    tail_b = Block("tail", "Recent text" + (f" of {chapter_heading.strip()}" if heading else ""),
+                   "the text being continued", "", head_ids + kept_tail)
+    tail_b.text = tokenizer.decode(tail_b.ids) if tail_b.ids else ""
+
+    # Stable-first order for prefix reuse.
+    chosen = ([bible_b] if bible_b else []) + pins_b
+    chosen += [b for b in extras if b.kind == "recalled"]
+    chosen += [b for b in extras if b.kind == "thought"]
+    chosen.append(tail_b)
+    ids: list[int] = []
+    for b in chosen:
+        if not b.ids:
+            continue
+        ids += b.ids
+        receipt.blocks.append({"kind": b.kind, "label": b.label, "why": b.why,
+                               "tokens": len(b.ids), "text": b.text})
+    receipt.total_tokens = len(ids)
+    return ids, receipt

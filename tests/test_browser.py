@@ -1,0 +1,115 @@
+"""The real UI in headless Chromium: what a writer does, click by click."""
+from __future__ import annotations
+
+import re
+
+from playwright.sync_api import expect
+
+OPENING = "The keeper climbed the stairs of the lighthouse."
+
+
+def editor(page):
+    return page.locator("#editor textarea")
+
+
+def type_text(locator, text):
+    """Type as a writer does (Gradio saves on keyboard input, not on a scripted fill)."""
+    locator.fill(text[:-8])
+    locator.press_sequentially(text[-8:])
+
+
+def status(page):
+    return page.locator("#status")
+
+
+def create_novel(page, url, title="The Lighthouse", name=""):
+    page.goto(url)
+    page.locator("#new-title textarea, #new-title input").first.fill(title)
+    page.locator("#new-premise textarea").fill("A keeper guards a secret.")
+    if name:
+        page.locator("#new-name textarea, #new-name input").first.fill(name)
+    page.locator("#create-novel").click()
+
+
+def test_create_continue_stop_reload_undo(app_server, page):
+    url, projects = app_server
+    create_novel(page, url)
+    expect(status(page)).to_contain_text("Created")
+    expect(page.locator("#chapters")).to_contain_text("Chapter 1")
+
+    type_text(editor(page), OPENING)
+    expect(status(page)).to_contain_text("Saved")
+
+    page.locator("#max-tokens input[type=number]").fill("1024")
+    page.locator("#max-tokens input[type=number]").press("Enter")
+    page.locator("#continue").click()
+    # Tokens stream in: the chapter grows past the opening while the model writes.
+    expect(editor(page)).to_have_value(re.compile(re.escape(OPENING) + r".{8,}", re.S),
+                                       timeout=60_000)
+    page.locator("#stop").click()
+    expect(status(page)).to_contain_text("Stopped", timeout=30_000)
+    written = editor(page).input_value()
+    assert written.startswith(OPENING) and len(written) > len(OPENING)
+    # Stopped means stopped: nothing more arrives.
+    page.wait_for_timeout(1500)
+    assert editor(page).input_value() == written
+
+    page.reload()
+    expect(editor(page)).to_have_value(written)
+    expect(page.locator("#chapters")).to_contain_text("Chapter 1")
+
+    page.locator("#undo").click()
+    expect(editor(page)).to_have_value(OPENING)
+    page.locator("#redo").click()
+    expect(editor(page)).to_have_value(written)
+
+
+def test_retry_replaces_last_passage(app_server, page):
+    url, _ = app_server
+    create_novel(page, url, "Retry Book")
+    expect(status(page)).to_contain_text("Created")
+    type_text(editor(page), OPENING)
+    expect(status(page)).to_contain_text("Saved")
+    page.locator("#max-tokens input[type=number]").fill("16")
+    page.locator("#max-tokens input[type=number]").press("Enter")
+    page.locator("#continue").click()
+    expect(status(page)).to_contain_text("tok/s", timeout=60_000)
+    first = editor(page).input_value()
+    assert len(first) > len(OPENING)
+    page.locator("#retry").click()
+    expect(editor(page)).not_to_have_value(first, timeout=60_000)
+    expect(status(page)).to_contain_text("tok/s", timeout=60_000)
+    second = editor(page).input_value()
+    assert second.startswith(OPENING) and second != first
+    # The old passage is not lost: undo walks back to the opening, redo to the retry.
+    page.locator("#undo").click()
+    expect(editor(page)).to_have_value(OPENING)
+
+
+def test_bad_project_name_is_refused(app_server, page):
+    url, projects = app_server
+    create_novel(page, url, "Escape", name="../../x")
+    expect(status(page)).to_contain_text("not a valid project name")
+    assert not (projects.parent.parent / "x").exists()
+    assert not any(projects.iterdir()) if projects.exists() else True
+
+
+def test_chapters_add_rename_reorder_delete(app_server, page):
+    url, _ = app_server
+    create_novel(page, url, "Chapters Book")
+    expect(page.locator("#chapters")).to_contain_text("Chapter 1")
+    page.locator("#add-chapter").click()
+    expect(page.locator("#chapters")).to_contain_text("2. Chapter 2")
+    page.locator("#chapter-title input, #chapter-title textarea").first.fill("The Storm")
+    page.locator("#rename-chapter").click()
+    expect(page.locator("#chapters")).to_contain_text("2. The Storm")
+    page.locator("#chapter-up").click()
+    expect(page.locator("#chapters")).to_contain_text("1. The Storm")
+    page.locator("#delete-chapter").click()
+    expect(page.locator("#confirm-delete")).to_contain_text("The Storm")
+    page.locator("#confirm-delete-no").click()
+    expect(page.locator("#chapters")).to_contain_text("The Storm")
+    page.locator("#delete-chapter").click()
+    page.locator("#confirm-delete-yes").click()
+    expect(status(page)).to_contain_text("Chapter deleted")
+    expect(page.locator("#chapters")).not_to_contain_text("The Storm")

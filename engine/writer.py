@@ -153,8 +153,10 @@ def stream(lm, prompt_ids: list[int], sampling: Sampling, cancel: threading.Even
                     break
                 out_ids.append(nxt)
                 all_ids.append(nxt)
+                result.new_tokens = len(out_ids)
                 text = tok.decode(out_ids, skip_special_tokens=True)
                 if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte char
+                    text = text.replace("\ufffd", "")  # bytes that never made a char
                     delta, emitted = text[len(emitted):], text
                     if delta:
                         result.text = emitted

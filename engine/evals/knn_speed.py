@@ -1,0 +1,134 @@
+"""kNN memory speed: decode tokens/s with memory on vs off (same run), and retrieval
+time per token as the store grows to 1M vectors.
+
+Decode: one prompt, greedy tokens, memory on and off interleaved, best of
+``--knn-repeats``; the store holds real keys/values of book text. Retrieval: one
+memory layer's searches for one decoded token (every query head against its KV
+head's index, plus gathering the values), on stores of synthetic Gaussian keys of
+the model's head shape, exact (flat) below the approximate threshold and IVF-SQ8 (or
+HNSW) above it; the build time of each index is reported too.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+
+def add_arguments(p) -> None:
+    from ..score import add_knn_arguments
+
+    add_speed_arguments(p)
+    p.add_argument("--json", action="store_true")
+    add_knn_arguments(p)
+
+
+def add_speed_arguments(p) -> None:
+    p.add_argument("--knn-store-tokens", type=int, default=2048,
+                   help="book tokens in the store for the decode comparison")
+    p.add_argument("--knn-sizes", default="10000,100000,1000000",
+                   help="store sizes (vectors per KV head) for retrieval timing")
+    p.add_argument("--knn-repeats", type=int, default=2)
+    p.add_argument("--knn-decode-tokens", type=int, default=48)
+
+
+def _decode_rate(lm, prompt, n, context=None):
+    import contextlib
+
+    import torch
+    from transformers import DynamicCache
+
+    ctx = context or contextlib.nullcontext
+    cache = DynamicCache(config=lm.model.config)
+    with torch.no_grad(), ctx():
+        out = lm.model(torch.tensor([prompt]), past_key_values=cache, use_cache=True)
+        tok = out.logits[0, -1].argmax()
+        t = time.perf_counter()
+        for _ in range(n):
+            out = lm.model(tok.view(1, 1), past_key_values=cache, use_cache=True)
+            tok = out.logits[0, -1].argmax()
+        return n / (time.perf_counter() - t)
+
+
+def decode_speed(lm, settings, store_tokens=2048, new_tokens=48, repeats=2,
+                 prompt_tokens=256) -> dict:
+    from ..memory.attention import index_tokens, knn_memory
+    from ..memory.knn import new_store
+    from ._book import encode_chapters, renamed_chapters
+
+    ids = [t for c in encode_chapters(lm, [t for t, _ in renamed_chapters()[:6]]) for t in c]
+    past, prompt = ids[:store_tokens], ids[store_tokens:store_tokens + prompt_tokens]
+    store = new_store(None, lm, settings)
+    index_tokens(lm, store, past, progress=False)
+    store.build_index()
+    on, off = [], []
+    for _ in range(repeats):
+        off.append(_decode_rate(lm, prompt, new_tokens))
+        on.append(_decode_rate(lm, prompt, new_tokens,
+                               lambda: knn_memory(lm, store, settings)))
+    return {"decode_off_tokens_per_s": round(max(off), 2),
+            "decode_on_tokens_per_s": round(max(on), 2),
+            "on_off_ratio": round(max(on) / max(off), 3), "store_tokens": len(store),
+            "layers": list(settings.read_layers(lm.model.config.num_hidden_layers)),
+            "mode": settings.mode, "k": settings.k}
+
+
+def retrieval_speed(lm, settings, sizes=(10_000, 100_000, 1_000_000), tokens=200) -> list:
+    from ..memory.knn import KNNStore, model_shape
+
+    depth, kv, hd = model_shape(lm)
+    heads = lm.model.config.num_attention_heads
+    groups = heads // kv
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in sizes:
+        store = KNNStore(None, (0,), kv, hd, "bench", settings, depth)
+        keys = rng.standard_normal((kv, n, hd), dtype=np.float32).astype(np.float16)
+        store.add({0: keys}, {0: keys}, np.arange(n))
+        del keys
+        t = time.perf_counter()
+        store.build_index()
+        build = time.perf_counter() - t
+        q = rng.standard_normal((tokens, groups, hd), dtype=np.float32)
+        store.search(0, 0, q[0], settings.k)  # warm up
+        t = time.perf_counter()
+        for i in range(tokens):
+            for h in range(kv):
+                _, ids = store.search(0, h, q[i], settings.k)
+                store.values[0][h][np.maximum(ids, 0)].astype(np.float32)
+        ms = (time.perf_counter() - t) / tokens * 1000
+        rows.append({"vectors": n, "index": store.kind, "ms_per_token": round(ms, 3),
+                     "build_s": round(build, 1), "query_heads": heads, "kv_heads": kv})
+        del store
+    return rows
+
+
+def knn_speed(lm, args) -> dict:
+    """What engine/evals/speed.py reports under "knn" (flags from add_speed_arguments)."""
+    from ..score import settings_from_args
+
+    settings = settings_from_args(args)
+    out = decode_speed(lm, settings, getattr(args, "knn_store_tokens", 2048),
+                       getattr(args, "knn_decode_tokens", 48),
+                       getattr(args, "knn_repeats", 2))
+    sizes = [int(x) for x in str(getattr(args, "knn_sizes", "10000,100000,1000000")).split(",")]
+    out["retrieval"] = retrieval_speed(lm, settings, sizes)
+    return out
+
+
+def run(args) -> int:
+    from ..models import load
+
+    lm = load(getattr(args, "model", None))
+    out = {"model": lm.name} | knn_speed(lm, args)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"decode tokens/s: kNN off {out['decode_off_tokens_per_s']}, on "
+              f"{out['decode_on_tokens_per_s']} (ratio {out['on_off_ratio']}; layers "
+              f"{out['layers']}, k {out['k']}, {out['store_tokens']} stored tokens)")
+        for r in out["retrieval"]:
+            print(f"retrieval at {r['vectors']:>9,} vectors/head ({r['index']}): "
+                  f"{r['ms_per_token']:.3f} ms/token (build {r['build_s']}s)")
+    return 0

@@ -1,0 +1,437 @@
+"""Memory-aware attention, registered through transformers' ``AttentionInterface``.
+
+Installed once per model (``install``), the function is a pass-through to the
+model's own implementation (sdpa or eager) except inside ``knn_memory(...)`` (read)
+or ``index_tokens(...)`` (write), which set a thread-local state. Nothing in the
+model files changes, so any decoder the library supports works; the code only
+needs what every attention module passes: post-RoPE query/key/value with grouped
+KV heads, ``module.layer_idx`` and (when given) ``position_ids``.
+
+Keys are stored un-rotated (see knn.py): at write time the post-RoPE key of a token
+at local position p is rotated by -p. At read time a retrieved key is rotated to the
+position the read mode gives it:
+* ``behind`` (default): just behind the first key the query can see locally (at a
+  fixed distance, ``gap`` further), so a memory from 100k tokens back looks like a
+  recent one. Search is then exact: the attention logit of stored key u placed at p'
+  is (R(-p') q) . u, so we search with the query rotated by -p'.
+* ``exact``: at its original position (book position - ``offset``). Search uses the
+  behind-placement ranking as a proxy; with every key retrievable (k >= stored)
+  window + memory equals full attention (tests/test_attention.py checks this).
+Models without rotary embeddings (GPT-2) store and read keys as they are.
+Rotary convention assumed: the Llama ``rotate_half`` one (Llama, Mistral, Qwen,
+Gemma, Phi-3), over the first 2*len(inv_freq) dims (partial rotary).
+
+Read modes at memory layers (computed eagerly there, in float32, in query chunks):
+* ``attend``: each memory query head takes its top-k stored keys of its KV head and
+  attends over them and the local keys in one softmax, or (``gate``) in separate
+  softmaxes mixed by sigmoid(b_h).
+* ``inject``: the seed's value surgery (DESIGN.md), driven by the newest query's
+  attention row; types 1/2/3 and the presets live in knn.PRESETS.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from contextlib import contextmanager
+from functools import partial
+
+import numpy as np
+import torch
+
+from .knn import KNNSettings, KNNStore, model_shape
+
+_local = threading.local()
+PREFIX = "mnemosyne_"
+QUERY_CHUNK = 64
+
+
+class _Stop(Exception):
+    """Raised after the last layer an indexing pass needs: the rest is not computed."""
+
+
+# -- installation ------------------------------------------------------------------------
+def _base_fn(name: str):
+    if name == "eager":
+        from transformers.models.llama.modeling_llama import eager_attention_forward
+        return eager_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    return ALL_ATTENTION_FUNCTIONS[name]
+
+
+def install(lm) -> str:
+    """Route the model's attention through the memory function (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    model = lm.model if hasattr(lm, "model") else lm
+    current = model.config._attn_implementation or "eager"
+    if current.startswith(PREFIX):
+        return current
+    base = current if current in ("sdpa", "eager") else "sdpa"
+    name = PREFIX + base
+    AttentionInterface.register(name, partial(_attention, _base_fn(base), base))
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
+    model.set_attn_implementation(name)
+    return name
+
+
+def rotary_inv_freq(lm):
+    """The model's rotary inverse frequencies, or None for models without RoPE."""
+    model = lm.model if hasattr(lm, "model") else lm
+    for module in model.modules():
+        inv = getattr(module, "inv_freq", None)
+        if isinstance(inv, torch.Tensor):
+            return inv
+    return None
+
+
+def rotate(x: torch.Tensor, pos: torch.Tensor, inv_freq) -> torch.Tensor:
+    """Rotate vectors x[..., n, d] to positions pos[..., n] (relative rotation)."""
+    if inv_freq is None:
+        return x
+    r = inv_freq.numel() * 2
+    ang = pos.to(torch.float64)[..., None] * inv_freq.to(device=x.device, dtype=torch.float64)
+    emb = torch.cat([ang, ang], dim=-1)
+    cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+    xr = x[..., :r]
+    half = r // 2
+    rot = torch.cat([-xr[..., half:], xr[..., :half]], dim=-1)
+    return torch.cat([xr * cos + rot * sin, x[..., r:]], dim=-1)
+
+
+# -- state -----------------------------------------------------------------------------
+class _Capture:
+    """Write: collect un-rotated keys and values of the last ``n`` tokens per layer."""
+
+    def __init__(self, layers, n, inv_freq):
+        self.layers, self.n, self.inv_freq = set(layers), n, inv_freq
+        self.last = max(layers)
+        self.keys, self.values = {}, {}
+
+
+class _Read:
+    """Read: which store, which layers, and where the local window sits in the book."""
+
+    def __init__(self, lm, store, settings, offset, horizon, window, gates):
+        self.store = store if store is not None and len(store) else None
+        self.settings = settings
+        self.offset, self.horizon, self.window = offset, horizon, window
+        self.depth = model_shape(lm)[0]
+        layers = settings.read_layers(self.depth) if self.store is not None else ()
+        if self.store is not None:
+            missing = set(layers) - set(self.store.layers)
+            if missing:
+                raise ValueError(f"the kNN store holds layers {self.store.layers}, "
+                                 f"not {sorted(missing)}: call ensure_store with these settings")
+        self.layers = set(layers)
+        self.inv_freq = rotary_inv_freq(lm)
+        self.gates = gates
+        self.queries: dict = {}  # inject: layer -> {local position: (B, H, d) query}
+        self.stats = {"searches": 0, "search_s": 0.0}
+
+    def heads(self, n_heads: int) -> list[int]:
+        m = max(1, int(round(self.settings.heads * n_heads)))
+        return sorted({int(round(x)) for x in np.linspace(0, n_heads - 1, m)})
+
+    def limits(self, first_visible: torch.Tensor) -> np.ndarray:
+        """Per query: stored entries with book position < limit may be read."""
+        lim = np.full(first_visible.shape[0], np.iinfo(np.int64).max, np.int64)
+        if self.offset is not None:
+            lim = np.minimum(lim, first_visible.cpu().numpy().astype(np.int64) + self.offset)
+        if self.horizon is not None:
+            lim = np.minimum(lim, int(self.horizon))
+        return self.store.count_before(lim)
+
+
+def _state():
+    return getattr(_local, "state", None)
+
+
+# -- the attention function ---------------------------------------------------------------
+def _attention(base, base_name, module, query, key, value, attention_mask, scaling=None,
+               dropout=0.0, **kw):
+    st = _state()
+    if st is None:
+        return base(module, query, key, value, attention_mask, scaling=scaling,
+                    dropout=dropout, **kw)
+    layer = getattr(module, "layer_idx", None)
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    q_len, kv_len = query.shape[2], key.shape[2]
+    q_pos = _query_positions(kw.get("position_ids"), q_len, kv_len, query.device)
+    key_pos = q_pos[-1] - kv_len + 1 + torch.arange(kv_len, device=query.device)
+    if isinstance(st, _Capture):
+        if layer in st.layers:
+            n = min(st.n, kv_len)
+            st.keys[layer] = rotate(key[0, :, -n:].float(), -key_pos[-n:], st.inv_freq)
+            st.values[layer] = value[0, :, -n:].float()
+        if layer == st.last:
+            raise _Stop()
+        return base(module, query, key, value, attention_mask, scaling=scaling,
+                    dropout=dropout, **kw)
+    mask = attention_mask
+    if st.window is not None or layer in st.layers:
+        mask = _bool_mask(attention_mask, q_pos, key_pos, st.window)
+    if layer not in st.layers:
+        if mask is not attention_mask and base_name == "eager":
+            mask = _float_mask(mask, query.dtype)
+        return base(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kw)
+    if st.settings.mode == "inject":
+        out = _inject(st, layer, query, key, value, mask, scaling, q_pos, key_pos)
+    else:
+        out = _attend(st, layer, query, key, value, mask, scaling, q_pos, key_pos)
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+def _query_positions(position_ids, q_len, kv_len, device):
+    if position_ids is not None:
+        p = position_ids.reshape(-1, position_ids.shape[-1])[0]
+        if p.numel() == q_len:
+            return p.to(device)
+    return torch.arange(kv_len - q_len, kv_len, device=device)
+
+
+def _bool_mask(attention_mask, q_pos, key_pos, window):
+    """(B|1, 1, q, kv) bool, True = may attend; causal by position, plus the window."""
+    if attention_mask is None:
+        m = (key_pos[None, :] <= q_pos[:, None])[None, None]
+    elif attention_mask.dtype == torch.bool:
+        m = attention_mask
+    else:
+        m = attention_mask > torch.finfo(attention_mask.dtype).min / 2
+    if window is not None:
+        m = m & (key_pos[None, :] > q_pos[:, None] - window)[None, None]
+    return m
+
+
+def _float_mask(mask, dtype):
+    return torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
+
+
+def _first_visible(mask, key_pos):
+    """Local position of the first key each query may see (from batch row 0)."""
+    m = mask[0, 0]
+    idx = torch.where(m.any(-1), m.float().argmax(-1), torch.zeros_like(m[:, 0], dtype=torch.long))
+    return key_pos[idx]
+
+
+def _repeat_kv(x, groups):
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def _retrieve(st, layer, kv_head, vecs, k, n_allowed):
+    """Search one KV head's index with vecs (m, d); entries >= n_allowed[i] masked.
+    Returns ids (m, k) with -1 where nothing valid."""
+    import time
+    t = time.perf_counter()
+    store: KNNStore = st.store
+    lim = int(n_allowed.max())
+    _, ids = store.search(layer, kv_head, vecs, k, limit=lim if lim < len(store) else None)
+    st.stats["searches"] += 1
+    st.stats["search_s"] += time.perf_counter() - t
+    ids = np.where(ids < n_allowed[:, None], ids, -1)
+    return ids
+
+
+def _gather(st, layer, kv_head, ids):
+    safe = np.where(ids >= 0, ids, 0)
+    u = torch.from_numpy(st.store.keys[layer][kv_head][safe].astype(np.float32))
+    v = torch.from_numpy(st.store.values[layer][kv_head][safe].astype(np.float32))
+    pos = torch.from_numpy(st.store.positions[safe])
+    return u, v, pos
+
+
+def _attend(st, layer, query, key, value, mask, scaling, q_pos, key_pos):
+    s = st.settings
+    B, H, q_len, d = query.shape
+    groups = H // key.shape[1]
+    q = query.float()
+    K = _repeat_kv(key.float(), groups)
+    V = _repeat_kv(value.float(), groups)
+    mem_heads = st.heads(H)
+    first = _first_visible(mask, key_pos)                 # (q,)
+    placed = first - 1 - s.gap                            # behind: local position
+    exact = s.position == "exact" and st.offset is not None
+    n_allowed_all = st.limits(first)                       # (q,)
+    out = torch.empty(B, H, q_len, d)
+    for c0 in range(0, q_len, QUERY_CHUNK):
+        sl = slice(c0, min(q_len, c0 + QUERY_CHUNK))
+        qc = q[:, :, sl]
+        logits = torch.matmul(qc, K.transpose(2, 3)) * scaling
+        mc = mask[..., sl, :]
+        logits = logits.masked_fill(~mc, float("-inf"))
+        local_max = logits.amax(-1, keepdim=True).clamp_min(-1e30)
+        p_local = torch.exp(logits - local_max)
+        z_local = p_local.sum(-1, keepdim=True)
+        o_local = torch.matmul(p_local, V)                # unnormalised
+        out[:, :, sl] = o_local / z_local.clamp_min(1e-30)
+        n_allowed = n_allowed_all[sl]
+        if n_allowed.max() <= 0:
+            continue
+        nq = sl.stop - sl.start
+        for h in mem_heads:
+            g = h // groups
+            # search vectors: the query rotated by -placed (exact logits for behind)
+            sv = rotate(qc[:, h], -placed[sl], st.inv_freq)           # (B, nq, d)
+            ids = _retrieve(st, layer, g, sv.reshape(-1, d).numpy(), s.k,
+                            np.tile(n_allowed, B))
+            u, v, pos = _gather(st, layer, g, ids)                    # (B*nq, k, d)
+            if exact:
+                where = (pos - st.offset).float()
+            else:
+                where = placed[sl].repeat(B)[:, None].expand(-1, ids.shape[1]).float()
+            km = rotate(u, where, st.inv_freq)
+            lm_ = torch.einsum("nd,nkd->nk", qc[:, h].reshape(-1, d), km) * scaling
+            lm_ = lm_.masked_fill(torch.from_numpy(ids < 0), float("-inf")).view(B, nq, -1)
+            v = v.view(B, nq, -1, d)
+            if s.gate:
+                gate = torch.sigmoid(_gate_bias(st, layer, h))
+                pm = torch.softmax(lm_, -1).nan_to_num(0.0)
+                o_mem = torch.einsum("bqk,bqkd->bqd", pm, v)
+                has = (ids >= 0).any(-1).reshape(B, nq, 1)
+                mix = torch.where(torch.from_numpy(has), gate, torch.zeros(()))
+                out[:, h, sl] = mix * o_mem + (1 - mix) * out[:, h, sl]
+            else:
+                m_max = torch.maximum(local_max[:, h], lm_.amax(-1, keepdim=True))
+                pl = p_local[:, h] * torch.exp(local_max[:, h] - m_max)
+                pm = torch.exp(lm_ - m_max)
+                z = pl.sum(-1, keepdim=True) + pm.sum(-1, keepdim=True)
+                o = torch.matmul(pl, V[:, h]) + torch.einsum("bqk,bqkd->bqd", pm, v)
+                out[:, h, sl] = o / z
+    return out
+
+
+def _gate_bias(st, layer, head):
+    if st.gates is not None:
+        return st.gates[layer][head]
+    return torch.tensor(float(st.settings.gate_bias))
+
+
+def _inject(st, layer, query, key, value, mask, scaling, q_pos, key_pos):
+    """The seed's value surgery, driven by the newest query's attention row."""
+    p = st.settings.preset_params()
+    B, H, q_len, d = query.shape
+    groups = H // key.shape[1]
+    q = query.float()
+    K = _repeat_kv(key.float(), groups)
+    V = _repeat_kv(value.float(), groups).clone()
+    seen = st.queries.setdefault(layer, {})
+    for t in range(q_len):
+        seen[int(q_pos[t])] = q[:, :, t]
+    logits = torch.matmul(q, K.transpose(2, 3)) * scaling
+    logits = logits.masked_fill(~mask, float("-inf"))
+    a = torch.softmax(logits[:, :, -1], -1)                       # (B, H, kv)
+    row = mask[0, 0, -1] if mask.shape[-2] > 1 else mask[0, 0, 0]
+    visible = torch.nonzero(row).flatten()
+    T = max(1, visible.numel())
+    first_j = int(visible[0]) if visible.numel() else 0
+    n_allowed = st.limits(_first_visible(mask, key_pos)[-1:])      # newest query's limit
+    if n_allowed.max() > 0:
+        inject_type, k, r = int(p["inject_type"]), int(p["k"]), float(p["r"])
+        r = 0.0 if inject_type == 1 else r
+        for b in range(B):
+            for h in range(H):
+                keep = set()
+                if a[b, h, first_j] > p["bf"]:
+                    keep.add(first_j)
+                if p["mf"] > 0:
+                    thr = 1.0 / (p["mf"] * T)
+                    keep |= {int(j) for j in torch.nonzero(a[b, h] >= thr).flatten()}
+                if not keep:
+                    continue
+                js = torch.tensor(sorted(keep))
+                g = h // groups
+                kj = K[b, h, js]                                          # (J, d) post-RoPE
+                uj = rotate(kj, -key_pos[js], st.inv_freq)                # key-to-key search
+                ids = _retrieve(st, layer, g, uj.numpy(), k, np.repeat(n_allowed, len(js)))
+                u, v, _ = _gather(st, layer, g, ids)                      # (J, k, d)
+                kc = rotate(u, key_pos[js][:, None].expand(-1, k).float(), st.inv_freq)
+                valid = torch.from_numpy(ids >= 0)
+                if inject_type in (1, 3):
+                    kc = torch.cat([kc, kj[:, None]], 1)
+                    v = torch.cat([v, V[b, h, js][:, None]], 1)
+                    valid = torch.cat([valid, torch.ones(len(js), 1, dtype=torch.bool)], 1)
+                qj = torch.stack([seen[int(key_pos[j])][b, h] if int(key_pos[j]) in seen
+                                  else kj[i] for i, j in enumerate(js.tolist())])
+                w = float(p["ts"]) * torch.einsum("jd,jkd->jk", qj, kc) / math.sqrt(d)
+                w = torch.softmax(w.masked_fill(~valid, float("-inf")), -1).nan_to_num(0.0)
+                m = torch.einsum("jk,jkd->jd", w, v)
+                has = valid.any(-1, keepdim=True)
+                V[b, h, js] = torch.where(has, (1 - r) * m + r * V[b, h, js], V[b, h, js])
+    probs = torch.softmax(logits, -1).nan_to_num(0.0)
+    return torch.matmul(probs, V)
+
+
+# -- public API ----------------------------------------------------------------------------
+@contextmanager
+def knn_memory(lm, store: KNNStore | None, settings: KNNSettings | None = None, *,
+               offset: int | None = None, horizon: int | None = None,
+               window: int | None = None, gates=None):
+    """Read kNN memory during the forward passes inside the block (this thread only).
+
+    offset:  book position minus local position of the manuscript tokens in the local
+             context (e.g. for a prompt ending in manuscript tokens starting at book
+             position P at local index i: offset = P - i). It makes the stored tokens
+             that are already in the local window unreadable and enables ``exact``.
+    horizon: stored entries at book positions >= horizon are never read (the first
+             book position the prompt holds); use it when offset is unknown.
+    window:  restrict local attention to the last ``window`` keys (scoring).
+    gates:   optional {layer: tensor(H)} learned gate biases (gate mode).
+    Works for prefill and for incremental decoding with a DynamicCache: query
+    positions come from ``position_ids`` (or the cache length). Yields the state,
+    whose ``stats`` count searches and search seconds.
+    """
+    install(lm)
+    prev = _state()
+    st = _Read(lm, store, settings or KNNSettings(), offset, horizon, window, gates)
+    _local.state = st
+    try:
+        yield st
+    finally:
+        _local.state = prev
+
+
+@torch.no_grad()
+def index_tokens(lm, store: KNNStore, token_ids, positions=None, progress: bool = True,
+                 *, prefix=(), chunk: int | None = None, overlap: int | None = None):
+    """Write keys/values of ``token_ids`` (book ``positions``, default: after the
+    store's last) into ``store`` at its layers, in chunks of ``chunk`` tokens each read
+    after ``overlap`` tokens of preceding context (``prefix`` for the first chunk).
+    Runs the model only up to the deepest stored layer; no memory is read meanwhile.
+    """
+    from tqdm.auto import tqdm
+
+    install(lm)
+    s = store.settings
+    chunk, overlap = chunk or s.chunk, s.overlap if overlap is None else overlap
+    ids = [int(t) for t in token_ids]
+    if positions is None:
+        start = int(store.positions[-1]) + 1 if len(store) else 0
+        positions = range(start, start + len(ids))
+    positions = np.asarray(list(positions), np.int64)
+    history = [int(t) for t in prefix][-overlap:] if overlap else []
+    inv_freq = rotary_inv_freq(lm)
+    device = next(lm.model.parameters()).device
+    bar = tqdm(total=len(ids), desc="kNN memory", unit="tok", disable=not progress,
+               leave=False)
+    prev = _state()
+    try:
+        for c0 in range(0, len(ids), chunk):
+            piece = ids[c0:c0 + chunk]
+            inp = torch.tensor([history + piece], device=device)
+            cap = _Capture(store.layers, len(piece), inv_freq)
+            _local.state = cap
+            try:
+                lm.model(input_ids=inp, use_cache=False)
+            except _Stop:
+                pass
+            finally:
+                _local.state = prev
+            store.add({l: cap.keys[l].cpu().numpy() for l in store.layers},
+                      {l: cap.values[l].cpu().numpy() for l in store.layers},
+                      positions[c0:c0 + len(piece)], piece)
+            history = (history + piece)[-overlap:] if overlap else []
+            bar.update(len(piece))
+    finally:
+        bar.close()
+        _local.state = prev
+    return store

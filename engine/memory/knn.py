@@ -1,0 +1,461 @@
+"""kNN persistent memory: the keys and values of every manuscript token, for a few
+layers, searchable per (layer, KV head) by inner product.
+
+Why this shape:
+* One FAISS index per layer and KV head, because attention is per head and grouped
+  query heads share their KV head's keys: a query head searches its KV head's index.
+* Keys are stored *un-rotated* (pre-RoPE, but after any key norm and RoPE scaling):
+  the attention function places them at whatever position the read mode wants
+  (just behind the window, or at their original position) by rotating them at read
+  time, so one store serves both position modes and any window.
+* Exact ``IndexFlatIP`` while small; past ``approx_threshold`` vectors an approximate
+  index (IVF with 8-bit scalar quantisation by default, or HNSW), which keeps
+  retrieval at a million stored tokens within a few milliseconds per token on a CPU.
+* Keys and values also live in numpy arrays (float16): they are the source of truth
+  from which any index can be rebuilt, and the values are gathered from them.
+* Everything is derived from the manuscript, so a missing, corrupt or foreign store
+  (other model fingerprint or layers) is never trusted: it is rebuilt.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+KNN_DIR = "knn"
+
+# The seed's presets (DESIGN.md), with layers given as fractions of depth of a
+# 12-layer GPT-2 (layer 10 of 12; layers 7-9 of 12) and translated per model.
+PRESETS = {
+    "recall": dict(inject_type=2, layer_fractions=(10 / 12,), k=5, bf=0.9, mf=0.0,
+                   ts=1000.0, r=0.1),
+    "steer": dict(inject_type=3, layer_fractions=(7 / 12, 8 / 12, 9 / 12), k=5, bf=0.9,
+                  mf=5.0, ts=0.01, r=0.33),
+}
+
+
+@dataclass
+class KNNSettings:
+    """How the kNN memory is written and read. Defaults are the measured ones
+    (see engine/evals/recall.py and the closing notes of issue 3)."""
+    mode: str = "attend"            # attend | inject
+    layers: tuple | None = None     # attend layers; None -> default_layers(depth)
+    layer_fraction: float = 0.75    # default attend layer as a fraction of depth
+    k: int = 32                     # neighbours per query head (attend)
+    heads: float = 1.0              # fraction of query heads that read memory
+    position: str = "behind"        # behind | exact
+    gap: int = 0                    # extra distance behind the window (behind mode)
+    gate: bool = False              # separate softmax mixed by sigmoid(b_h)
+    gate_bias: float = -4.0         # b_h init: memory starts near zero
+    preset: str = "recall"          # inject preset: recall | steer
+    inject: dict = field(default_factory=dict)  # overrides of the preset's fields
+    approx_threshold: int = 100_000  # vectors per index before going approximate
+    approx: str = "ivf"             # ivf | hnsw
+    nprobe: int = 16                # IVF lists searched
+    ef_search: int = 64             # HNSW beam
+    chunk: int = 512                # tokens per indexing forward pass
+    overlap: int = 256              # context tokens before each indexing chunk
+
+    def preset_params(self) -> dict:
+        p = dict(PRESETS[self.preset])
+        p.update(self.inject)
+        return p
+
+    def read_layers(self, depth: int) -> tuple:
+        """The layers that read memory in the current mode, for a model of this depth."""
+        if self.mode == "inject":
+            fr = self.preset_params()["layer_fractions"]
+            return tuple(sorted({min(depth - 1, int(round(f * depth))) for f in fr}))
+        if self.layers is not None:
+            return tuple(sorted(int(x) for x in self.layers))
+        return (min(depth - 1, int(round(self.layer_fraction * depth))),)
+
+    def stamp(self, depth: int) -> dict:
+        """What makes stored keys/values valid: which layers, how they were computed."""
+        return {"layers": list(self.read_layers(depth)), "overlap": self.overlap,
+                "format": FORMAT_VERSION}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "KNNSettings":
+        d = dict(d or {})
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if known.get("layers") is not None:
+            known["layers"] = tuple(known["layers"])
+        return cls(**known)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["layers"] = list(self.layers) if self.layers is not None else None
+        return d
+
+    def with_(self, **kw) -> "KNNSettings":
+        return replace(self, **kw)
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be trusted (missing, corrupt, foreign): rebuild it."""
+
+
+def _faiss():
+    import faiss
+    return faiss
+
+
+def gpu_available() -> bool:
+    faiss = _faiss()
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+class KNNStore:
+    """Keys/values of stored tokens for some layers; FAISS index per (layer, KV head).
+
+    ``keys[layer]``/``values[layer]`` are float16 arrays ``(kv_heads, n, head_dim)``;
+    ``positions`` are book positions (token index in the manuscript), increasing;
+    ``tokens`` the token ids, used to tell what changed in the manuscript.
+    """
+
+    def __init__(self, folder: Path | None, layers, kv_heads: int, head_dim: int,
+                 fingerprint: str = "", settings: KNNSettings | None = None,
+                 depth: int = 0):
+        self.folder = Path(folder) if folder else None
+        self.layers = tuple(sorted(int(x) for x in layers))
+        self.kv_heads, self.head_dim = int(kv_heads), int(head_dim)
+        self.fingerprint = fingerprint
+        self.settings = settings or KNNSettings()
+        self.depth = depth
+        self.keys = {l: np.zeros((kv_heads, 0, head_dim), np.float16) for l in self.layers}
+        self.values = {l: np.zeros((kv_heads, 0, head_dim), np.float16) for l in self.layers}
+        self.positions = np.zeros(0, np.int64)
+        self.tokens = np.zeros(0, np.int32)
+        self._index: dict = {}          # (layer, head) -> faiss index
+        self._kind = "flat"
+        self._gpu = None
+        self.saved_stamp = None         # the stamp read from disk (load)
+
+    # -- size and kind -------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.positions.shape[0])
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in self.keys.values()) +
+                   sum(a.nbytes for a in self.values.values()) + self.positions.nbytes)
+
+    def info(self) -> dict:
+        return {"tokens": len(self), "layers": list(self.layers), "index": self._kind,
+                "bytes": self.nbytes(), "fingerprint": self.fingerprint}
+
+    # -- writing -------------------------------------------------------------------
+    def add(self, keys: dict, values: dict, positions, tokens=None) -> None:
+        """Append entries. keys/values: layer -> array (kv_heads, n, head_dim)."""
+        positions = np.asarray(positions, np.int64).reshape(-1)
+        n = positions.shape[0]
+        if n == 0:
+            return
+        if len(self) and positions[0] <= self.positions[-1]:
+            raise ValueError("positions must increase: truncate before re-adding")
+        for l in self.layers:
+            k = np.asarray(keys[l], np.float16)
+            v = np.asarray(values[l], np.float16)
+            assert k.shape == (self.kv_heads, n, self.head_dim), k.shape
+            self.keys[l] = np.concatenate([self.keys[l], k], axis=1)
+            self.values[l] = np.concatenate([self.values[l], v], axis=1)
+        self.positions = np.concatenate([self.positions, positions])
+        tok = np.full(n, -1, np.int32) if tokens is None else np.asarray(tokens, np.int32)
+        self.tokens = np.concatenate([self.tokens, tok])
+        if self._kind == "flat" and len(self) <= self.settings.approx_threshold and self._index:
+            for (l, h), index in self._index.items():
+                index.add(np.ascontiguousarray(k32(self.keys[l][h, -n:])))
+        else:
+            self._index = {}  # rebuilt lazily (and approximate past the threshold)
+
+    def truncate(self, n: int) -> None:
+        """Keep the first n entries (what an edit or deletion did not touch)."""
+        if n >= len(self):
+            return
+        for l in self.layers:
+            self.keys[l] = self.keys[l][:, :n].copy()
+            self.values[l] = self.values[l][:, :n].copy()
+        self.positions, self.tokens = self.positions[:n].copy(), self.tokens[:n].copy()
+        self._index = {}
+
+    def clone(self, n: int | None = None, settings: KNNSettings | None = None) -> "KNNStore":
+        """An in-memory copy of the first n entries (no folder: never saved by accident)."""
+        n = len(self) if n is None else int(n)
+        c = KNNStore(None, self.layers, self.kv_heads, self.head_dim, self.fingerprint,
+                     settings or self.settings, self.depth)
+        for l in self.layers:
+            c.keys[l], c.values[l] = self.keys[l][:, :n].copy(), self.values[l][:, :n].copy()
+        c.positions, c.tokens = self.positions[:n].copy(), self.tokens[:n].copy()
+        return c
+
+    # -- search ----------------------------------------------------------------------
+    def build_index(self) -> None:
+        faiss = _faiss()
+        n, s = len(self), self.settings
+        self._index = {}
+        if n <= s.approx_threshold:
+            self._kind = "flat"
+        else:
+            self._kind = s.approx
+        for l in self.layers:
+            for h in range(self.kv_heads):
+                x = np.ascontiguousarray(k32(self.keys[l][h]))
+                if self._kind == "flat":
+                    index = faiss.IndexFlatIP(self.head_dim)
+                elif self._kind == "hnsw":
+                    index = faiss.IndexHNSWFlat(self.head_dim, 32, faiss.METRIC_INNER_PRODUCT)
+                    index.hnsw.efConstruction = 64
+                else:
+                    nlist = int(min(4096, max(16, 4 * np.sqrt(n))))
+                    quant = faiss.IndexFlatIP(self.head_dim)
+                    index = faiss.IndexIVFScalarQuantizer(
+                        quant, self.head_dim, nlist, faiss.ScalarQuantizer.QT_8bit,
+                        faiss.METRIC_INNER_PRODUCT)
+                    rng = np.random.default_rng(0)
+                    sample = x[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
+                    index.train(sample)
+                if n:
+                    index.add(x)
+                if self._gpu is not False and gpu_available() and self._kind != "hnsw":
+                    if self._gpu is None:
+                        self._gpu = faiss.StandardGpuResources()
+                    index = faiss.index_cpu_to_gpu(self._gpu, 0, index)
+                self._index[(l, h)] = index
+
+    def _params(self, limit: int | None):
+        faiss = _faiss()
+        sel = faiss.IDSelectorRange(0, int(limit)) if limit is not None else None
+        if self._kind == "ivf":
+            p = faiss.SearchParametersIVF(nprobe=self.settings.nprobe)
+        elif self._kind == "hnsw":
+            p = faiss.SearchParametersHNSW(efSearch=self.settings.ef_search)
+        else:
+            p = faiss.SearchParameters()
+        if sel is not None:
+            p.sel = sel
+        return p, sel  # the caller keeps sel alive while p is in use
+
+    def search(self, layer: int, head: int, queries: np.ndarray, k: int,
+               limit: int | None = None):
+        """Top-k stored entries of (layer, KV head) by inner product, among the first
+        ``limit`` entries (None: all). Returns (scores, ids), ids -1 where none."""
+        if not self._index:
+            self.build_index()
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        n = len(self) if limit is None else min(int(limit), len(self))
+        if n <= 0 or k <= 0:
+            return (np.full((q.shape[0], max(k, 0)), -np.inf, np.float32),
+                    np.full((q.shape[0], max(k, 0)), -1, np.int64))
+        index = self._index[(layer, head)]
+        params, _sel = self._params(n if n < len(self) else None)
+        scores, ids = index.search(q, int(k), params=params)
+        return scores, ids
+
+    def count_before(self, position) -> np.ndarray:
+        """How many stored entries have a book position < position (vectorised)."""
+        return np.searchsorted(self.positions, np.asarray(position), side="left")
+
+    # -- persistence ----------------------------------------------------------------
+    def meta(self) -> dict:
+        return {"version": FORMAT_VERSION, "fingerprint": self.fingerprint,
+                "layers": list(self.layers), "kv_heads": self.kv_heads,
+                "head_dim": self.head_dim, "count": len(self), "depth": self.depth,
+                "stamp": self.settings.stamp(self.depth) if self.depth else None,
+                "saved": time.time()}
+
+    def save(self, folder: Path | None = None) -> None:
+        """Write atomically: a fresh sibling folder, then a rename swap."""
+        folder = Path(folder or self.folder)
+        self.folder = folder
+        tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
+        old = folder.with_name(folder.name + ".old")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        arrays = {"positions": self.positions, "tokens": self.tokens}
+        for l in self.layers:
+            arrays[f"keys_{l}"], arrays[f"values_{l}"] = self.keys[l], self.values[l]
+        digests = {}
+        for name, arr in arrays.items():
+            path = tmp / f"{name}.npy"
+            np.save(path, arr, allow_pickle=False)
+            digests[path.name] = _sha256(path)
+        if self._index and not self._index_on_gpu():
+            faiss = _faiss()
+            for (l, h), index in self._index.items():
+                path = tmp / f"index_{l}_{h}.faiss"
+                faiss.write_index(index, str(path))
+                digests[path.name] = _sha256(path)
+        meta = self.meta() | {"files": digests, "kind": self._kind}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        _fsync_dir(tmp)
+        shutil.rmtree(old, ignore_errors=True)
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _index_on_gpu(self) -> bool:
+        return self._gpu not in (None, False)
+
+    @classmethod
+    def load(cls, folder: Path, settings: KNNSettings | None = None) -> "KNNStore":
+        """Load and verify every file against its recorded digest; StoreError if not."""
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+        except (OSError, ValueError) as e:
+            raise StoreError(f"no readable meta.json in {folder}: {e}") from e
+        if meta.get("version") != FORMAT_VERSION:
+            raise StoreError(f"store format {meta.get('version')} is not {FORMAT_VERSION}")
+        files = meta.get("files") or {}
+        for name, digest in files.items():
+            path = folder / name
+            if not path.is_file() or _sha256(path) != digest:
+                raise StoreError(f"{path} is missing or corrupt")
+        store = cls(folder, meta["layers"], meta["kv_heads"], meta["head_dim"],
+                    meta["fingerprint"], settings, meta.get("depth", 0))
+        store.saved_stamp = meta.get("stamp")
+        try:
+            store.positions = np.load(folder / "positions.npy", allow_pickle=False)
+            store.tokens = np.load(folder / "tokens.npy", allow_pickle=False)
+            for l in store.layers:
+                store.keys[l] = np.load(folder / f"keys_{l}.npy", allow_pickle=False)
+                store.values[l] = np.load(folder / f"values_{l}.npy", allow_pickle=False)
+        except (OSError, ValueError, KeyError) as e:
+            raise StoreError(f"cannot read arrays in {folder}: {e}") from e
+        n = meta["count"]
+        shape = (store.kv_heads, n, store.head_dim)
+        if store.positions.shape != (n,) or store.tokens.shape != (n,) or any(
+                store.keys[l].shape != shape or store.values[l].shape != shape
+                for l in store.layers):
+            raise StoreError(f"array shapes in {folder} do not match meta.json")
+        kind = meta.get("kind", "flat")
+        index_files = [f"index_{l}_{h}.faiss" for l in store.layers
+                       for h in range(store.kv_heads)]
+        if all(name in files for name in index_files):
+            faiss = _faiss()
+            try:
+                for l in store.layers:
+                    for h in range(store.kv_heads):
+                        index = faiss.read_index(str(folder / f"index_{l}_{h}.faiss"))
+                        if index.ntotal != n or index.d != store.head_dim:
+                            raise StoreError("index size does not match the arrays")
+                        store._index[(l, h)] = index
+                store._kind = kind
+            except RuntimeError as e:
+                raise StoreError(f"unreadable FAISS index in {folder}: {e}") from e
+            want = "flat" if n <= store.settings.approx_threshold else store.settings.approx
+            if want != kind:
+                store._index = {}
+        return store
+
+
+def k32(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    for p in folder.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+
+
+# -- the one entry point the engine calls --------------------------------------------------
+def store_folder(project_folder: Path) -> Path:
+    return Path(project_folder) / "memory" / KNN_DIR
+
+
+def model_shape(lm) -> tuple[int, int, int]:
+    """(depth, kv_heads, head_dim) of a loaded model, from its config."""
+    cfg = lm.model.config
+    cfg = getattr(cfg, "text_config", None) or cfg
+    depth = cfg.num_hidden_layers
+    heads = cfg.num_attention_heads
+    kv = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return depth, kv, head_dim
+
+
+def new_store(folder, lm, settings: KNNSettings) -> KNNStore:
+    depth, kv, hd = model_shape(lm)
+    return KNNStore(folder, settings.read_layers(depth), kv, hd, lm.fingerprint,
+                    settings, depth)
+
+
+def ensure_store(folder, lm, token_ids, settings: KNNSettings | None = None,
+                 progress: bool = True, save: bool = True) -> KNNStore:
+    """Load the store at ``folder`` (a project folder or its memory/knn folder) and
+    bring it in line with ``token_ids`` (the whole manuscript, in order).
+
+    Foreign (other model, other layers), missing or corrupt stores are rebuilt from
+    scratch; otherwise the longest common prefix of stored and current tokens is
+    kept, and everything after it (edits, deletions, new text) is re-indexed, with
+    ``overlap`` tokens of real context before it.
+    """
+    from .attention import index_tokens
+
+    settings = settings or KNNSettings()
+    folder = Path(folder)
+    if (folder / "novel.db").exists() or folder.name != KNN_DIR:
+        folder = store_folder(folder)
+    depth, kv, hd = model_shape(lm)
+    ids = np.asarray(list(token_ids), np.int64)
+    store = None
+    try:
+        store = KNNStore.load(folder, settings)
+        if store.fingerprint != lm.fingerprint or store.saved_stamp != settings.stamp(depth):
+            log.warning("kNN store at %s was made by another model or settings: rebuilding",
+                        folder)
+            store = None
+    except StoreError as e:
+        if folder.exists() or folder.with_name(folder.name + ".old").exists():
+            log.warning("kNN store at %s cannot be trusted (%s): rebuilding", folder, e)
+        store = None
+    if store is None:
+        store = new_store(folder, lm, settings)
+    store.settings = settings
+    n = len(store)
+    common = _common_prefix(store.tokens, ids)
+    if common < n:
+        store.truncate(common)
+    changed = common < n or common < len(ids)
+    if common < len(ids):
+        start = common
+        prefix = ids[max(0, start - settings.overlap):start].tolist()
+        index_tokens(lm, store, ids[start:].tolist(), positions=range(start, len(ids)),
+                     progress=progress, prefix=prefix)
+    if changed or not (folder / "meta.json").exists():
+        store.build_index()
+        if save:
+            store.save(folder)
+    return store
+
+
+def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.nonzero(a[:n] != b[:n])[0]
+    return int(diff[0]) if diff.size else n

@@ -1,0 +1,172 @@
+"""Score a text as the continuation of a novel: per-token log-probabilities with a
+local window of W tokens and an optional memory.
+
+``python -m engine score --project DIR --text-file F --window W --memory none|knn|all``
+
+The project's manuscript is the past. F is scored in blocks of ``--block`` tokens
+(default W): one forward pass over [block start - W, block end) with ordinary causal
+attention, so every token is predicted from at least W and fewer than W + block
+tokens before it, and nothing before (block start - W) reaches it except through
+memory. (A sliding-window mask would not give that cut-off: stacked layers pass
+information back layers x W tokens.) Cost: (W + block) / block token-passes per token.
+
+For ``knn`` the manuscript's store is loaded (or built), and F's own keys/values are
+added to an in-memory overlay (never saved) before scoring: a block reads every
+entry behind its context, so earlier parts of F are remembered as while writing.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+MEMORIES = ("none", "knn", "all")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--project", required=True, help="project folder (holds novel.db)")
+    p.add_argument("--text-file", required=True, help="the text to score as continuation")
+    p.add_argument("--window", type=int, default=256, help="local window W in tokens")
+    p.add_argument("--memory", choices=MEMORIES, default="none")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--block", type=int, default=None,
+                   help="tokens scored per forward pass (default: W)")
+    add_knn_arguments(p)
+    if not any("--model" in a.option_strings for a in p._actions):
+        p.add_argument("--model", default=None)
+
+
+def add_knn_arguments(p) -> None:
+    """Flags that override KNNSettings (shared by the score CLI and the benchmarks)."""
+    p.add_argument("--knn-mode", choices=("attend", "inject"), default=None)
+    p.add_argument("--knn-layers", default=None, help="comma-separated layer indices")
+    p.add_argument("--knn-k", type=int, default=None)
+    p.add_argument("--knn-heads", type=float, default=None, help="fraction of query heads")
+    p.add_argument("--knn-position", choices=("behind", "exact"), default=None)
+    p.add_argument("--knn-preset", choices=("recall", "steer"), default=None)
+    p.add_argument("--knn-gate", action="store_true", default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def settings_from_args(args, base=None):
+    from .memory.knn import KNNSettings
+
+    s = base or KNNSettings()
+    kw = {}
+    for flag, field in (("knn_mode", "mode"), ("knn_k", "k"), ("knn_heads", "heads"),
+                        ("knn_position", "position"), ("knn_preset", "preset"),
+                        ("knn_gate", "gate")):
+        v = getattr(args, flag, None)
+        if v is not None:
+            kw[field] = v
+    layers = getattr(args, "knn_layers", None)
+    if layers:
+        kw["layers"] = tuple(int(x) for x in str(layers).split(",") if x.strip())
+    return s.with_(**kw)
+
+
+def read_manuscript(project) -> str:
+    """The manuscript: the chapters' current text in order, as Novel gives it."""
+    project = Path(project)
+    try:
+        from .novel import Novel
+        novel = Novel.open(project)
+        try:
+            return novel.manuscript()
+        finally:
+            novel.close()
+    except ImportError:
+        import sqlite3
+        con = sqlite3.connect(project / "novel.db")
+        try:
+            rows = con.execute("SELECT r.text FROM chapters c JOIN revisions r ON "
+                               "r.id = c.head_rev ORDER BY c.position").fetchall()
+        finally:
+            con.close()
+        return "\n\n".join((t or "").strip() for (t,) in rows)
+
+
+def encode(lm, text: str) -> list[int]:
+    """Token ids of a text, as the memory stores index it (no special tokens)."""
+    return list(lm.tokenizer(text, add_special_tokens=False).input_ids) if text else []
+
+
+def score_tokens(lm, past_ids, ids, window: int, store=None, settings=None,
+                 block: int | None = None, progress: bool = False) -> list[float | None]:
+    """Log-probability of each of ``ids`` given the W..W+block-1 tokens before it (in
+    past_ids + ids) and, if ``store`` is given, the kNN memory of everything before
+    that. ``store`` must hold exactly past_ids (positions 0..len-1); F's entries are
+    appended to it in memory. None for a first token with nothing before it."""
+    import torch
+
+    from .memory.attention import index_tokens, knn_memory
+    from .memory.knn import KNNSettings
+
+    settings = settings or KNNSettings()
+    past_ids, ids = list(past_ids), list(ids)
+    base, allids = len(past_ids), past_ids + ids
+    if store is not None:
+        if len(store) != base or (base and int(store.positions[-1]) != base - 1):
+            raise ValueError("the kNN store does not hold exactly the manuscript")
+        index_tokens(lm, store, ids, positions=range(base, len(allids)),
+                     progress=progress, prefix=past_ids[-settings.overlap:])
+        store.build_index()
+    device = next(lm.model.parameters()).device
+    block = max(1, int(block or window or 1))
+    out: list[float | None] = []
+    with torch.no_grad():
+        for s in range(base, len(allids), block):
+            e = min(s + block, len(allids))
+            c = max(0, s - window)
+            inp = torch.tensor([allids[c:e]], device=device)
+            pos = torch.arange(e - c, device=device)[None]
+            keep = e - s + (1 if s > c else 0)
+            with knn_memory(lm, store, settings, offset=c):
+                logits = lm.model(input_ids=inp, position_ids=pos, use_cache=False,
+                                  logits_to_keep=keep).logits[0].float()
+            lp = torch.log_softmax(logits, -1)
+            if s == c:  # the very first token of the book: nothing to predict from
+                out.append(None)
+                rows, targets = lp[:-1], allids[s + 1:e]
+            else:
+                rows, targets = lp[:-1], allids[s:e]
+            t = torch.tensor(targets, device=lp.device)
+            out.extend(lp[: len(targets)].gather(1, t[:, None])[:, 0].tolist()
+                       if len(targets) else [])
+            del rows
+    return out
+
+
+def run(args) -> int:
+    from .memory.knn import ensure_store
+    from .models import load
+
+    t0 = time.perf_counter()
+    text = Path(args.text_file).read_text(encoding="utf-8")
+    lm = load(getattr(args, "model", None))
+    progress = not getattr(args, "no_progress", False) and not args.json
+    enc = lm.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc.input_ids), [list(map(int, o)) for o in enc.offset_mapping]
+    past = encode(lm, read_manuscript(args.project))
+    settings = settings_from_args(args)
+    store = None
+    if args.memory in ("knn", "all") and past:
+        store = ensure_store(args.project, lm, past, settings, progress=progress)
+    t1 = time.perf_counter()
+    logprobs = score_tokens(lm, past, ids, args.window, store, settings,
+                            block=args.block, progress=progress)
+    seconds = time.perf_counter() - t1
+    result = {"tokens": [lm.tokenizer.decode([i]) for i in ids], "offsets": offsets,
+              "logprobs": logprobs, "window": args.window, "memory": args.memory,
+              "seconds": round(seconds, 3)}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        vals = [x for x in logprobs if x is not None]
+        mean = sum(vals) / max(1, len(vals))
+        print(f"tokens {len(ids)}  mean logprob {mean:.4f}  perplexity "
+              f"{__import__('math').exp(-mean):.2f}  window {args.window}  memory "
+              f"{args.memory}  scoring {seconds:.1f}s  (total {time.perf_counter() - t0:.1f}s)",
+              file=sys.stdout)
+    return 0

@@ -1,0 +1,187 @@
+"""Memory-aware attention on tiny random models: exactness, decoding, read modes."""
+import pytest
+import torch
+
+from engine.memory.attention import index_tokens, install, knn_memory, rotate, rotary_inv_freq
+from engine.memory.knn import KNNSettings, new_store
+from engine.models import LoadedModel
+from engine.tiny import load_tiny
+
+N, W = 80, 16
+
+
+@pytest.fixture(scope="module")
+def lm():
+    lm = load_tiny()
+    install(lm)
+    return lm
+
+
+@pytest.fixture(scope="module")
+def ids():
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(3, 250, (1, N), generator=g)
+
+
+def _full_store(lm, ids, **kw):
+    depth = lm.model.config.num_hidden_layers
+    s = KNNSettings(layers=tuple(range(depth)), k=ids.shape[1], position="exact", **kw)
+    store = new_store(None, lm, s)
+    # one chunk: every stored key/value was computed with the whole past in view
+    index_tokens(lm, store, ids[0].tolist(), chunk=ids.shape[1], overlap=0, progress=False)
+    return s, store
+
+
+@torch.no_grad()
+def test_exact_positions_reproduce_full_attention(lm, ids):
+    full = lm.model(ids).logits
+    s, store = _full_store(lm, ids)
+    assert len(store) == N
+    with knn_memory(lm, store, s, offset=0, window=W) as st:
+        got = lm.model(ids).logits
+    assert st.stats["searches"] > 0
+    torch.testing.assert_close(got, full, atol=2e-4, rtol=1e-4)
+    with knn_memory(lm, None, s, offset=0, window=W):
+        window_only = lm.model(ids).logits
+    # the window alone is far off (a random tiny model barely uses old context, so
+    # compare with the memory's own error rather than an absolute figure)
+    err = (got - full).abs().max()
+    assert (window_only - full).abs().max() > max(1e-3, 20 * err)
+
+
+@torch.no_grad()
+def test_exact_with_shifted_local_positions(lm, ids):
+    """Local positions need not be book positions: offset maps one to the other."""
+    full = lm.model(ids).logits
+    s, store = _full_store(lm, ids)
+    c = 40  # feed only tokens 40.. with local positions 0..; the rest is memory
+    with knn_memory(lm, store, s, offset=c, window=W):
+        got = lm.model(ids[:, c:], position_ids=torch.arange(N - c)[None]).logits
+    torch.testing.assert_close(got, full[:, c:], atol=2e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_too_few_neighbours_is_not_exact(lm, ids):
+    full = lm.model(ids).logits
+    s, store = _full_store(lm, ids)
+    with knn_memory(lm, store, s.with_(k=2), offset=0, window=W):
+        got = lm.model(ids).logits
+    assert (got - full).abs().max() > 1e-4
+
+
+@torch.no_grad()
+def test_incremental_decoding_matches_one_pass(lm, ids):
+    from transformers import DynamicCache
+
+    s = KNNSettings(layers=(1, 3), k=8)
+    store = new_store(None, lm, s)
+    index_tokens(lm, store, ids[0, :48].tolist(), progress=False)
+    prompt = ids[:, 48:64]
+    cont = ids[:, 64:72]
+    with knn_memory(lm, store, s, horizon=48):
+        # logits at positions 63..70: the ones decoding produces step by step
+        one = lm.model(torch.cat([prompt, cont], 1)).logits[:, 15:23]
+        cache = DynamicCache(config=lm.model.config)
+        out = lm.model(prompt, past_key_values=cache, use_cache=True)
+        steps = [out.logits[:, -1:]]
+        for t in range(cont.shape[1] - 1):
+            out = lm.model(cont[:, t:t + 1], past_key_values=cache, use_cache=True)
+            steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, 1), one, atol=2e-4, rtol=1e-4)
+    with knn_memory(lm, None, s):
+        plain = lm.model(torch.cat([prompt, cont], 1)).logits[:, 15:23]
+    assert (plain - one).abs().max() > 1e-4  # memory was read
+
+
+@torch.no_grad()
+def test_behind_placement_search_is_exact(lm):
+    """(R(-p') q) . u equals q . R(p') u: the search score is the attention logit."""
+    inv = rotary_inv_freq(lm)
+    g = torch.Generator().manual_seed(0)
+    q, u = torch.randn(5, 16, generator=g), torch.randn(5, 16, generator=g)
+    p = torch.tensor([3.0, -7.0, 100.0, 0.0, 4000.0])
+    lhs = (rotate(q, -p, inv) * u).sum(-1)
+    rhs = (q * rotate(u, p, inv)).sum(-1)
+    torch.testing.assert_close(lhs, rhs, atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_gate_mode(lm, ids):
+    s = KNNSettings(layers=(2,), k=8, gate=True, gate_bias=-30.0)
+    store = new_store(None, lm, s)
+    index_tokens(lm, store, ids[0, :48].tolist(), progress=False)
+    x = ids[:, 48:]
+    with knn_memory(lm, None, s):
+        plain = lm.model(x).logits
+    with knn_memory(lm, store, s, horizon=48):
+        closed = lm.model(x).logits
+    with knn_memory(lm, store, s.with_(gate_bias=30.0), horizon=48):
+        opened = lm.model(x).logits
+    torch.testing.assert_close(closed, plain, atol=1e-4, rtol=1e-4)
+    assert (opened - plain).abs().max() > 1e-3
+
+
+def test_heads_fraction(lm):
+    from engine.memory.attention import _Read
+    st = _Read(lm, None, KNNSettings(heads=0.34), None, None, None, None)
+    assert st.heads(9) == [0, 4, 8]
+    assert _Read(lm, None, KNNSettings(heads=1.0), None, None, None, None).heads(4) == [0, 1, 2, 3]
+
+
+def test_presets_scale_with_depth():
+    assert KNNSettings(mode="inject", preset="recall").read_layers(30) == (25,)
+    assert KNNSettings(mode="inject", preset="steer").read_layers(30) == (18, 20, 22)
+    assert KNNSettings(mode="inject", preset="recall").read_layers(12) == (10,)
+    assert KNNSettings(mode="inject", preset="steer").read_layers(12) == (7, 8, 9)
+    assert KNNSettings().read_layers(30) == (22,)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("itype,r,changes", [(2, 1.0, False), (2, 0.1, True),
+                                             (3, 0.33, True), (1, 0.5, True)])
+def test_inject_types(lm, ids, itype, r, changes):
+    s = KNNSettings(mode="inject", preset="steer",
+                    inject=dict(inject_type=itype, r=r, mf=5.0, bf=0.0, k=3))
+    store = new_store(None, lm, s)
+    index_tokens(lm, store, ids[0, :48].tolist(), progress=False)
+    x = ids[:, 48:]
+    with knn_memory(lm, None, s):
+        plain = lm.model(x).logits
+    with knn_memory(lm, store, s, horizon=48) as st:
+        got = lm.model(x).logits
+    assert st.stats["searches"] > 0
+    diff = (got - plain).abs().max().item()
+    assert (diff > 1e-4) == changes, diff
+    with knn_memory(lm, store, s, horizon=0):  # nothing readable: no surgery
+        none = lm.model(x).logits
+    torch.testing.assert_close(none, plain, atol=1e-5, rtol=1e-5)
+
+
+def _other_model(kind):
+    from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+    from engine.tiny import byte_tokenizer
+    tok = byte_tokenizer()
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=256)
+        model = GPT2LMHeadModel(cfg)
+    else:
+        cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                          max_position_embeddings=256)
+        model = Qwen2ForCausalLM(cfg)
+    model.set_attn_implementation("sdpa")
+    return LoadedModel.wrap(model, tok, kind)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("kind", ["gpt2", "qwen2"])
+def test_other_decoders_exact(kind, ids):
+    lm = _other_model(kind)
+    x = ids[:, :48]
+    full = lm.model(x).logits
+    s, store = _full_store(lm, x)
+    with knn_memory(lm, store, s, offset=0, window=8):
+        got = lm.model(x).logits
+    torch.testing.assert_close(got, full, atol=2e-4, rtol=1e-4)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from app import knn_panel, thoughts_panel
 from engine.novel import Library, NovelError
 from engine.store import ProjectError
 from engine.models import ModelError
@@ -58,7 +59,8 @@ def build(lib: Library) -> gr.Blocks:
             with gr.Column(scale=1, min_width=260):
                 novel_dd = gr.Dropdown(label="Novel", choices=lib.names(), value=None,
                                        elem_id="novel-select", interactive=True)
-                with gr.Accordion("New novel", open=not lib.names(), elem_id="new-novel"):
+                with gr.Accordion("New novel", open=not lib.names(),
+                                  elem_id="new-novel") as new_novel_box:
                     new_title = gr.Textbox(label="Title", elem_id="new-title")
                     new_premise = gr.Textbox(label="Premise", lines=3, elem_id="new-premise")
                     new_style = gr.Textbox(label="Style notes", lines=2, elem_id="new-style")
@@ -105,6 +107,7 @@ def build(lib: Library) -> gr.Blocks:
                     undo_btn = gr.Button("Undo", elem_id="undo")
                     redo_btn = gr.Button("Redo", elem_id="redo")
                 status = gr.Markdown("", elem_id="status")
+                notes = thoughts_panel.layout()
             with gr.Column(scale=1, min_width=260):
                 with gr.Accordion("Sampling", open=True):
                     temperature = gr.Slider(0.0, 2.0, value=0.8, step=0.05, label="Temperature",
@@ -120,8 +123,11 @@ def build(lib: Library) -> gr.Blocks:
                     bible_premise = gr.Textbox(label="Premise", lines=4, elem_id="bible-premise")
                     bible_style = gr.Textbox(label="Style notes", lines=3, elem_id="bible-style")
                     bible_save = gr.Button("Save bible", size="sm", elem_id="bible-save")
-                with gr.Accordion("Context receipt", open=False):
+                with gr.Accordion("Context receipt", open=False,
+                                  elem_id="receipt-panel") as receipt_acc:
                     receipt_md = gr.Markdown("No Continue yet.", elem_id="receipt")
+                mem = _memory_panel()
+                knn = knn_panel.panel()
         timer = gr.Timer(2.0)
 
         # -- helpers: compose updates -------------------------------------------
@@ -170,7 +176,7 @@ def build(lib: Library) -> gr.Blocks:
 
         page_outputs = [novel_dd, chapter_radio, editor, chapter_title, bible_title,
                         bible_premise, bible_style, status]
-        demo.load(on_load, outputs=page_outputs)
+        loaded = demo.load(on_load, outputs=page_outputs)
 
         def on_pick_novel(name):
             try:
@@ -178,7 +184,7 @@ def build(lib: Library) -> gr.Blocks:
             except USER_ERRORS as e:
                 return (*chapter_view(None, None), "", "", "", _err(e))
 
-        novel_dd.input(on_pick_novel, novel_dd, page_outputs[1:])
+        picked_novel = novel_dd.input(on_pick_novel, novel_dd, page_outputs[1:])
 
         def on_create(title, premise, style, name):
             try:
@@ -187,12 +193,14 @@ def build(lib: Library) -> gr.Blocks:
                 novel.add_chapter("Chapter 1")
             except USER_ERRORS as e:
                 return (gr.Dropdown(), *[gr.update()] * 3, *[gr.update()] * 3, _err(e),
-                        *[gr.update()] * 4)
+                        *[gr.update()] * 5)
             return (gr.Dropdown(choices=lib.names(), value=name), *chapter_view(name, None),
-                    *bible_view(name), _ok(f"Created “{title.strip()}”."), "", "", "", "")
+                    *bible_view(name), _ok(f"Created “{title.strip()}”."), "", "", "", "",
+                    gr.Accordion(open=False))
 
         create_btn.click(on_create, [new_title, new_premise, new_style, new_name],
-                         page_outputs + [new_title, new_premise, new_style, new_name])
+                         page_outputs + [new_title, new_premise, new_style, new_name,
+                                         new_novel_box])
 
         def on_save_bible(name, title, premise, style):
             try:
@@ -219,7 +227,7 @@ def build(lib: Library) -> gr.Blocks:
                     return gr.update(), gr.update(), gr.update(), _err(e)
             return handler
 
-        chapter_radio.input(chapter_action(lambda n, cid: cid, ""),
+        picked_chapter = chapter_radio.input(chapter_action(lambda n, cid: cid, ""),
                             [novel_dd, chapter_radio], chapter_outputs)
         add_btn.click(chapter_action(lambda n, cid: n.add_chapter(""), "Chapter added."),
                       [novel_dd, chapter_radio], chapter_outputs)
@@ -274,8 +282,11 @@ def build(lib: Library) -> gr.Blocks:
                 if ev.done and ev.stats:
                     st += (f" · {ev.stats['new_tokens']} tokens at "
                            f"{ev.stats['tokens_per_s']} tok/s · seed {ev.stats['seed']}")
+                # The chapter list (word counts) only changes when the passage ends.
+                chapters = (gr.Radio(choices=_chapter_choices(novel)) if ev.done
+                            else gr.update())
                 yield (gr.Textbox(value=ev.text, interactive=ev.done),
-                       _ok(st) if ev.done else st, _receipt(last_receipt))
+                       _ok(st) if ev.done else st, _receipt(last_receipt), chapters)
 
         def start(name, cid, t, p, n, s, retry=False):
             try:
@@ -284,18 +295,18 @@ def build(lib: Library) -> gr.Blocks:
                 novel = lib.open(name)
                 job = novel.start(cid, sampling(t, p, n, s), retry=retry)
             except USER_ERRORS as e:
-                yield gr.Textbox(interactive=True), _err(e), gr.update()
+                yield gr.Textbox(interactive=True), _err(e), gr.update(), gr.update()
                 return
             try:
                 yield from watch(novel, job)
             except USER_ERRORS as e:
-                yield gr.Textbox(interactive=True), _err(e), gr.update()
+                yield gr.Textbox(interactive=True), _err(e), gr.update(), gr.update()
 
         gen_inputs = [novel_dd, chapter_radio, temperature, top_p, max_tokens, seed]
-        gen_outputs = [editor, status, receipt_md]
-        continue_btn.click(start, gen_inputs, gen_outputs, show_progress="hidden")
-        retry_btn.click(lambda *a: (yield from start(*a, retry=True)), gen_inputs, gen_outputs,
-                        show_progress="hidden")
+        gen_outputs = [editor, status, receipt_md, chapter_radio]
+        continued = continue_btn.click(start, gen_inputs, gen_outputs, show_progress="hidden")
+        retried = retry_btn.click(lambda *a: (yield from start(*a, retry=True)), gen_inputs,
+                                  gen_outputs, show_progress="hidden")
 
         def on_stop(name):
             if name:
@@ -354,7 +365,136 @@ def build(lib: Library) -> gr.Blocks:
         export_txt.click(exporter("txt"), novel_dd, [export_file, status])
 
         timer.tick(lambda: lib.model.status(), outputs=model_status, show_progress="hidden")
+        _wire_memory(lib, mem, novel_dd, chapter_radio, editor, receipt_md, receipt_acc)
+        knn_panel.wire(lib, knn, novel_dd)
+        thoughts_panel.wire(lib, notes, novel_dd, chapter_radio,
+                            [continued, retried, picked_chapter, loaded, picked_novel])
     return demo
+
+
+# -- the memory panel ------------------------------------------------------------------
+def _memory_panel() -> dict:
+    """Layout of the Memories accordion; returns its components by name."""
+    m = {}
+    with gr.Accordion("Memories", open=False, elem_id="memories"):
+        with gr.Row():
+            m["query"] = gr.Textbox(label="Search memories", scale=3, elem_id="memory-search",
+                                    placeholder="a word, a name, or what it was about")
+            m["search"] = gr.Button("Search", size="sm", scale=1, elem_id="memory-search-btn")
+        m["list"] = gr.Radio(label="Memories (📌 pinned)", choices=[], elem_id="memory-list")
+        m["text"] = gr.Textbox(label="Selected memory", lines=2, elem_id="memory-text")
+        with gr.Row():
+            m["pin"] = gr.Button("Pin", size="sm", elem_id="memory-pin")
+            m["unpin"] = gr.Button("Unpin", size="sm", elem_id="memory-unpin")
+            m["save"] = gr.Button("Save edit", size="sm", elem_id="memory-save")
+            m["delete"] = gr.Button("Delete", size="sm", variant="stop", elem_id="memory-delete")
+        m["new"] = gr.Textbox(label="New fact", lines=2, elem_id="memory-new",
+                              placeholder="Elena's eyes are grey; she never learned to swim.")
+        with gr.Row():
+            m["new_pin"] = gr.Checkbox(label="Pin it", value=True, elem_id="memory-new-pin")
+            m["add"] = gr.Button("Add fact", size="sm", elem_id="memory-add")
+        m["pin_sel"] = gr.Button("Pin the text selected in the chapter", size="sm",
+                                 elem_id="pin-selection")
+        m["preview"] = gr.Button("Preview context", size="sm", elem_id="preview-context")
+        m["status"] = gr.Markdown("", elem_id="memory-status")
+        m["selection"] = gr.State("")
+    return m
+
+
+def _memory_choices(novel, query: str = "") -> list[tuple[str, str]]:
+    out = []
+    for r in novel.memories(query or None):
+        score = f" ({r['score']:.2f})" if r["score"] is not None else ""
+        where = f"#{r['id']}" if r["id"] is not None else r["key"]
+        text = r["text"].replace("\n", " ")
+        out.append((f"{'📌 ' if r['pinned'] else ''}{where} {r['kind']}{score}: "
+                    f"{text[:90]}{'…' if len(text) > 90 else ''}", r["key"]))
+    return out
+
+
+def _wire_memory(lib, m, novel_dd, chapter_radio, editor, receipt_md, receipt_acc) -> None:
+    """Events of the memory panel: each one is a Novel call and a refreshed list."""
+
+    def listing(name, query, key=None, msg=""):
+        if not name:
+            return gr.Radio(choices=[], value=None), "", msg
+        novel = lib.open(name)
+        choices = _memory_choices(novel, query)
+        key = key if key in [c[1] for c in choices] else None
+        if not key:
+            text = ""
+        elif key.startswith("memory:"):
+            text = novel.memory(key)["text"]
+        else:
+            text = novel.semantic.text_of(key) or ""
+        return gr.Radio(choices=choices, value=key), text, msg
+
+    outs = [m["list"], m["text"], m["status"]]
+
+    def action(fn, message):
+        def handler(name, query, key, text, *extra):
+            try:
+                if not name:
+                    raise NovelError("Open a novel first.")
+                novel = lib.open(name)
+                key = fn(novel, key, text, *extra) or key
+                return listing(name, query, key, _ok(message))
+            except USER_ERRORS as e:
+                return gr.update(), gr.update(), _err(e)
+        return handler
+
+    def need(key):
+        if not key:
+            raise NovelError("Pick a memory in the list first.")
+        return key
+
+    def add(novel, key, text, new, pin):
+        return f"memory:{novel.add_memory(new, pin=bool(pin))}"
+
+    base = [novel_dd, m["query"], m["list"], m["text"]]
+    m["pin"].click(action(lambda n, k, t: f"memory:{n.pin(need(k))}", "Pinned: it will "
+                          "always be in the context."), base, outs)
+    m["unpin"].click(action(lambda n, k, t: f"memory:{n.unpin(need(k))}", "Unpinned."),
+                     base, outs)
+    m["save"].click(action(lambda n, k, t: n.edit_memory(need(k), t), "Memory saved."),
+                    base, outs)
+    m["delete"].click(action(lambda n, k, t: n.delete_memory(need(k)) or "", "Memory deleted."),
+                      base, outs)
+    m["add"].click(action(add, "Fact added."), base + [m["new"], m["new_pin"]], outs).then(
+        lambda st: "" if "ok" in (st or "") else gr.update(), m["status"], m["new"])
+    m["pin_sel"].click(action(lambda n, k, t, cid, sel: f"memory:{n.pin_sentence(sel, cid)}",
+                              "Selected text pinned."),
+                       base + [chapter_radio, m["selection"]], outs)
+
+    def on_select(evt: gr.SelectData):
+        return evt.value if isinstance(evt.value, str) else ""
+
+    editor.select(on_select, None, m["selection"])
+
+    def refresh(name, query):
+        try:
+            return listing(name, query)
+        except USER_ERRORS as e:
+            return gr.update(), gr.update(), _err(e)
+
+    novel_dd.change(refresh, [novel_dd, m["query"]], outs)
+    m["search"].click(refresh, [novel_dd, m["query"]], outs)
+    m["query"].submit(refresh, [novel_dd, m["query"]], outs)
+    m["list"].input(lambda name, q, key: listing(name, q, key), [novel_dd, m["query"], m["list"]],
+                    outs)
+
+    def preview(name, cid):
+        try:
+            if not name or cid is None:
+                raise NovelError("Open a novel and pick a chapter first.")
+            receipt = lib.open(name).preview_context(cid)
+            return _receipt(receipt), gr.Accordion(open=True), _ok("The next Continue reads "
+                                                                   "this context.")
+        except USER_ERRORS as e:
+            return gr.update(), gr.update(), _err(e)
+
+    m["preview"].click(preview, [novel_dd, chapter_radio], [receipt_md, receipt_acc,
+                                                            m["status"]])
 
 
 def _receipt(receipt: dict | None) -> str:

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-BENCHES = ("speed", "recall", "perplexity", "sentiment")
+BENCHES = ("speed", "recall", "perplexity", "sentiment", "continuity")
 
 
 def _model_arg(p: argparse.ArgumentParser) -> None:
@@ -68,6 +68,8 @@ def cmd_write(args) -> int:
     if not novel.chapters():
         novel.add_chapter("Chapter 1")
     cid = novel.chapter_id(args.chapter)
+    if args.no_thoughts or args.plan_first:
+        novel.set_thought_settings(on=not args.no_thoughts, plan_first=args.plan_first)
     sampling = Sampling(temperature=args.temperature, top_p=args.top_p,
                         max_new_tokens=args.tokens, seed=args.seed)
     last = None
@@ -90,15 +92,87 @@ def cmd_write(args) -> int:
     return 0
 
 
+def cmd_memory(args) -> int:
+    from .novel import Novel
+
+    novel = Novel.open(Path(args.project))
+    act = args.action
+    if act in ("list", "search"):
+        if act == "search" and not (args.query or "").strip():
+            raise ValueError("search needs a query: memory search 'what to look for'")
+        rows = novel.memories(args.query, limit=args.limit)
+        if args.json:
+            print(json.dumps([{k: m[k] for k in ("id", "key", "kind", "pinned", "text", "score")}
+                              for m in rows]))
+            return 0
+        for m in rows:
+            score = f"{m['score']:.2f}" if m["score"] is not None else "    "
+            print(f"{m['key']:<16} {'📌' if m['pinned'] else '  '} {m['kind']:<10} {score} "
+                  f"{m['text'][:100]}")
+        return 0
+    if act == "add":
+        mid = novel.add_memory(" ".join(args.text), pin=args.pin)
+        print(f"Added memory {mid}{' (pinned)' if args.pin else ''}.")
+    elif act in ("pin", "unpin"):
+        mid = getattr(novel, act)(args.ref)
+        print(f"Memory {mid} {act}ned.")
+    elif act == "edit":
+        novel.edit_memory(int(args.ref), " ".join(args.text))
+        print(f"Memory {args.ref} edited.")
+    elif act == "delete":
+        novel.delete_memory(int(args.ref))
+        print(f"Memory {args.ref} deleted.")
+    elif act == "link":
+        novel.link(args.a, args.b)
+        print(f"Linked {args.a} and {args.b}.")
+    elif act == "rebuild":
+        stats = novel.rebuild_memory()
+        print(f"Rebuilt semantic memory: {stats['items']} items embedded.")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .novel import Novel
 
-    text = Novel.open(Path(args.project)).export(args.format)
+    novel = Novel.open(Path(args.project))
+    text = novel.export_with_notes() if args.format == "notes" else novel.export(args.format)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
         print(f"Wrote {args.out}")
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def cmd_thoughts(args) -> int:
+    from .novel import Novel
+
+    args.text = " ".join(args.text)
+    novel = Novel.open(Path(args.project))
+    if args.action == "list":
+        rows = novel.list_thoughts(novel.chapter_id(args.chapter) if args.chapter else None)
+        if args.json:
+            print(json.dumps([{k: r[k] for k in ("id", "chapter_id", "anchor", "text")}
+                              for r in rows]))
+        else:
+            for r in rows:
+                print(f"{r['id']:>5}  ch {r['chapter_id']:<4} @{r['anchor']:<7} {r['text']}")
+        return 0
+    if args.action == "add":
+        if not args.text:
+            raise ValueError("thoughts add needs the text of the note.")
+        tid = novel.add_thought(novel.chapter_id(args.chapter), args.text, args.anchor)
+        print(f"Added thought {tid}.")
+    elif args.action == "edit":
+        if args.id is None or not args.text:
+            raise ValueError("thoughts edit needs --id and the new text.")
+        novel.edit_thought(args.id, args.text)
+        print(f"Edited thought {args.id}.")
+    else:
+        if args.id is None:
+            raise ValueError("thoughts delete needs --id.")
+        novel.delete_thought(args.id)
+        print(f"Deleted thought {args.id}.")
     return 0
 
 
@@ -142,12 +216,52 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, default=None, help="prompt token budget")
     p.add_argument("--prompt", default="", help="your own words, added before the model writes")
     p.add_argument("--receipt", default=None, help="write the context receipt here (JSON)")
+    p.add_argument("--no-thoughts", action="store_true", help="no margin note (kept as a setting)")
+    p.add_argument("--plan-first", action="store_true", help="the note plans the passage first")
     _model_arg(p)
     p.set_defaults(fn=cmd_write)
 
+    p = sub.add_parser("memory", help="pinned facts, semantic recall and associations")
+    mem = p.add_subparsers(dest="action", required=True)
+    for name, hlp in (("list", "memories (pinned first); --query to search"),
+                      ("search", "memories, passages and thoughts like the query"),
+                      ("add", "add a fact; --pin to keep it always in context"),
+                      ("pin", "pin a memory id (or a passage:ID#N / thought:ID key)"),
+                      ("unpin", "unpin a memory"), ("edit", "replace a memory's text"),
+                      ("delete", "delete a memory"), ("link", "associate two memories"),
+                      ("rebuild", "re-embed everything (derived data only)")):
+        mp = mem.add_parser(name, help=hlp)
+        mp.add_argument("--project", required=True)
+        if name in ("list", "search"):
+            mp.add_argument("query", nargs="?" if name == "list" else None, default=None)
+            mp.add_argument("--query", dest="query", default=argparse.SUPPRESS)
+            mp.add_argument("--limit", type=int, default=200 if name == "list" else 10)
+            mp.add_argument("--json", action="store_true")
+        if name in ("pin", "unpin", "edit", "delete"):
+            mp.add_argument("ref")
+        if name in ("add", "edit"):
+            mp.add_argument("text", nargs="+")
+        if name == "add":
+            mp.add_argument("--pin", action="store_true")
+        if name == "link":
+            mp.add_argument("a")
+            mp.add_argument("b")
+    p.set_defaults(fn=cmd_memory)
+
+    p = sub.add_parser("thoughts", help="the model's margin notes: list, add, edit, delete")
+    p.add_argument("--project", required=True)
+    p.add_argument("action", choices=("list", "add", "edit", "delete"))
+    p.add_argument("text", nargs="*", default=[], help="the note (add, edit), before any option")
+    p.add_argument("--id", type=int, default=None)
+    p.add_argument("--chapter", type=int, default=None, help="1-based; add: default the last")
+    p.add_argument("--anchor", type=int, default=None, help="character offset; default: end")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_thoughts)
+
     p = sub.add_parser("export", help="the manuscript as Markdown or plain text")
     p.add_argument("--project", required=True)
-    p.add_argument("--format", choices=("md", "txt"), default="md")
+    p.add_argument("--format", choices=("md", "txt", "notes"), default="md",
+                   help="notes: Markdown with the margin notes set apart")
     p.add_argument("--out", default=None)
     p.set_defaults(fn=cmd_export)
 

@@ -17,12 +17,13 @@ MIN_TAIL_SHARE = 0.5  # the tail may use at least this share of what pins and bi
 
 @dataclass
 class Block:
-    kind: str            # bible | pinned | recalled | thought | tail
+    kind: str            # bible | pinned | recalled | associated | thought | tail
     label: str           # what the writer sees in the receipt
     why: str             # why it went in (pinned, similar 0.82, recent, ...)
     text: str
     ids: list[int] = field(default_factory=list)
     score: float | None = None
+    meta: dict = field(default_factory=dict)  # recall details: key, tier, via
 
 
 @dataclass
@@ -61,7 +62,8 @@ def bible_text(bible: dict) -> str:
 
 
 def memory_text(kind: str, text: str) -> str:
-    head = {"pinned": "Remember", "recalled": "Earlier", "thought": "Note"}[kind]
+    head = {"pinned": "Remember", "recalled": "Earlier", "associated": "Earlier",
+            "thought": "Note"}[kind]
     return f"[{head}: {text.strip()}]\n"
 
 
@@ -70,14 +72,20 @@ def build(tokenizer, budget: int, bible: dict, tail: str, chapter_heading: str =
           thoughts: list[tuple[str, str]] = ()) -> tuple[list[int], Receipt]:
     """Assemble the prompt ids and the receipt.
 
-    pins: (label, text); recalled: (label, text, why); thoughts: (label, text).
+    pins: (label, text); recalled: (label, text, why) or dicts with label, text, why,
+    score, kind ('recalled' | 'associated'), key, tier, via, in priority order;
+    thoughts: (label, text). Each receipt block records its offset in the prompt ids.
     """
     receipt = Receipt(budget=budget)
     candidates: list[Block] = [Block("bible", "Story bible", "always", bible_text(bible))]
     candidates += [Block("pinned", label, "pinned by the writer", memory_text("pinned", text))
                    for label, text in pins]
-    candidates += [Block("recalled", label, why, memory_text("recalled", text))
-                   for label, text, why in recalled]
+    for r in recalled:
+        r = r if isinstance(r, dict) else dict(zip(("label", "text", "why"), r))
+        kind = r.get("kind") or "recalled"
+        meta = {k: r[k] for k in ("key", "tier", "via") if r.get(k) is not None}
+        candidates.append(Block(kind, r["label"], r["why"], memory_text(kind, r["text"]),
+                                score=r.get("score"), meta=meta))
     candidates += [Block("thought", label, "recent thought", memory_text("thought", text))
                    for label, text in thoughts]
     for b in candidates:
@@ -89,7 +97,7 @@ def build(tokenizer, budget: int, bible: dict, tail: str, chapter_heading: str =
 
     def drop(b: Block, reason: str) -> None:
         receipt.dropped.append({"kind": b.kind, "label": b.label, "tokens": len(b.ids),
-                                "reason": reason})
+                                "reason": reason, "score": b.score, **b.meta})
 
     # 1. pins: reserved; only pins alone over budget drop any (the newest first).
     pins_b = [b for b in candidates if b.kind == "pinned"]
@@ -110,8 +118,8 @@ def build(tokenizer, budget: int, bible: dict, tail: str, chapter_heading: str =
     tail_reserve = min(len(head_ids) + len(tail_ids), int(left * MIN_TAIL_SHARE))
     left -= tail_reserve
     extras = []
-    for kind in ("thought", "recalled"):
-        for b in (c for c in candidates if c.kind == kind):
+    for kinds in (("thought",), ("recalled", "associated")):
+        for b in (c for c in candidates if c.kind in kinds):
             if len(b.ids) <= left:
                 extras.append(b)
                 left -= len(b.ids)
@@ -133,15 +141,16 @@ def build(tokenizer, budget: int, bible: dict, tail: str, chapter_heading: str =
 
     # Stable-first order for prefix reuse.
     chosen = ([bible_b] if bible_b else []) + pins_b
-    chosen += [b for b in extras if b.kind == "recalled"]
+    chosen += [b for b in extras if b.kind in ("recalled", "associated")]
     chosen += [b for b in extras if b.kind == "thought"]
     chosen.append(tail_b)
     ids: list[int] = []
     for b in chosen:
         if not b.ids:
             continue
-        ids += b.ids
         receipt.blocks.append({"kind": b.kind, "label": b.label, "why": b.why,
-                               "tokens": len(b.ids), "text": b.text})
+                               "tokens": len(b.ids), "start": len(ids), "text": b.text,
+                               "score": b.score, **b.meta})
+        ids += b.ids
     receipt.total_tokens = len(ids)
     return ids, receipt

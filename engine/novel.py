@@ -11,11 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import context, export, importing, writer
+from .thoughts import Router, ThoughtBook, write_note
 from .models import ModelSlot
 from .store import ProjectError, Store, slugify, validate_name, validate_text, MAX_CHAPTER_CHARS
 
 AUTOSAVE_S = 0.5            # streamed text reaches disk at least this often
 DEFAULT_BUDGET = 2048       # prompt tokens; prefill dominates a Continue on a CPU
+MAX_MEMORY_CHARS = 4000     # a memory is a fact or a sentence, not a chapter
+SYNC_LIMIT = 128            # chunks embedded in line per Continue (~1-2 s on two cores)
 
 
 class NovelError(ProjectError):
@@ -88,7 +91,12 @@ class Novel:
         self.last_receipt: dict | None = None
         self.job: Job | None = None
         # Memory writers run after a passage is accepted: fn(novel, chapter_id, passage_id).
-        self.after_accept: list = []
+        self.after_accept: list = [_embed_passage]
+        self.thoughts = ThoughtBook(store)
+        self._semantic = None
+        from .memory.knn_project import ProjectKNN
+        self._knn = ProjectKNN(self)  # kNN memory: engine/memory/knn_project.py
+        self.after_accept.append(self._knn.after_accept)
 
     # -- lifecycle -------------------------------------------------------------
     @classmethod
@@ -156,7 +164,9 @@ class Novel:
         """The writer's own edit (rapid edits share one undo step)."""
         if self._busy.locked():
             raise NovelError("The model is writing; press Stop before editing.")
+        old = self.text(chapter_id)
         self.store.save_writer_text(chapter_id, text)
+        self.thoughts.follow_edit(chapter_id, old, text)
 
     def manuscript(self) -> str:
         return "\n\n".join((c["text"] or "").strip() for c in self.store.chapters())
@@ -215,12 +225,219 @@ class Novel:
         lm = self.model.get()
         ch = self.store.chapter(chapter_id)
         budget = budget or min(DEFAULT_BUDGET, lm.context_length // 2)
-        pins = [(f"memory {m['id']}", m["text"]) for m in self.store.query(
-            "SELECT id, text FROM memories WHERE pinned=1 ORDER BY id")]
+        pinned = self.store.query("SELECT id, text FROM memories WHERE pinned=1 ORDER BY id")
+        pins = [(f"memory {m['id']}", m["text"]) for m in pinned]
         tail = ch["text"] if base_text is None else base_text
+        tail = self.thoughts.inline_tail(chapter_id, tail)  # recent thoughts stay inline
+        recalled, warnings = self._recall(tail, budget, {f"memory:{m['id']}" for m in pinned},
+                                          lm.tokenizer)
         ids, receipt = context.build(lm.tokenizer, budget, self.bible, tail,
-                                     chapter_heading=ch["title"], pins=pins)
+                                     chapter_heading=ch["title"], pins=pins,
+                                     recalled=[h.to_context() for h in recalled])
+        receipt.warnings += warnings
         return ids, receipt.to_dict()
+
+    def preview_context(self, chapter_id: int, budget: int | None = None) -> dict:
+        """The receipt the next Continue would have, without writing anything."""
+        return self.build_context(chapter_id, budget)[1]
+
+    # -- memories (pins, semantic recall, associations) -------------------------------
+    @property
+    def semantic(self):
+        """This novel's semantic index (engine.memory.semantic), opened on first use."""
+        if self._semantic is None:
+            from .memory.semantic import SemanticMemory
+            self._semantic = SemanticMemory(self.store)
+            # A Continue embeds at most this much before recalling; the rest (a whole
+            # imported book) is embedded in the background, batch by batch.
+            self._semantic.sync_limit = SYNC_LIMIT
+        return self._semantic
+
+    def recall_settings(self):
+        from .memory.semantic import RecallSettings
+        return RecallSettings.from_dict(self.store.get_setting("recall"))
+
+    def set_recall_settings(self, **changes) -> None:
+        from dataclasses import asdict, replace
+        self.store.set_setting("recall", asdict(replace(self.recall_settings(), **changes)))
+
+    def _recall(self, tail: str, budget: int, pinned_keys: set,
+                tokenizer=None) -> tuple[list, list[str]]:
+        from .memory.semantic import SemanticError
+        settings = self.recall_settings()
+        if not settings.enabled or not tail.strip() or not self.store.query(
+                "SELECT 1 FROM memories WHERE pinned=0 UNION ALL SELECT 1 FROM passages "
+                "UNION ALL SELECT 1 FROM thoughts LIMIT 1"):
+            return [], []  # nothing to recall: do not load the embedder for nothing
+        try:
+            hits = self.semantic.recall(tail, settings, exclude_text=tail[-budget * 6:],
+                                        skip=pinned_keys,
+                                        token_budget=int(budget * settings.share),
+                                        count_tokens=tokenizer and (lambda t: len(tokenizer(
+                                            t, add_special_tokens=False)["input_ids"])))
+        except SemanticError as e:
+            return [], [f"Semantic recall is off: {e}"]
+        if self.semantic.pending:
+            return hits, [f"Semantic memory is still indexing ({self.semantic.pending} "
+                          "passages or memories to go); recall used what was ready. "
+                          "'python -m engine memory rebuild' indexes everything at once."]
+        return hits, []
+
+    def memories(self, query: str | None = None, limit: int = 200) -> list[dict]:
+        """Memories: all of the writer's (pinned first) or, with a query, the best
+        matches among memories, passages and thoughts (text matches, then similar)."""
+        rows = self.store.query("SELECT id, kind, pinned, text, source FROM memories "
+                                "ORDER BY pinned DESC, id")
+        out = [{"key": f"memory:{r['id']}", "id": r["id"], "kind": r["kind"],
+                "pinned": bool(r["pinned"]), "text": r["text"], "source": r["source"],
+                "score": None} for r in rows]
+        if not (query or "").strip():
+            return out[:limit]
+        q = query.strip().lower()
+        found = [m for m in out if q in m["text"].lower()]
+        by_key = {m["key"]: m for m in out}
+        for k, score in self.semantic.search(query, limit):
+            if any(f["key"] == k for f in found):
+                continue
+            if k in by_key:
+                found.append({**by_key[k], "score": round(score, 3)})
+            elif text := self.semantic.text_of(k):  # None: no longer in the book
+                found.append({"key": k, "id": None, "kind": k.split(":")[0], "pinned": False,
+                              "text": text, "source": k, "score": round(score, 3)})
+        return found[:limit]
+
+    def memory(self, memory_id) -> dict:
+        """One memory row by id or 'memory:ID' key."""
+        ref = str(memory_id).strip()
+        if ref.startswith(("passage:", "thought:")):
+            raise NovelError(f"{ref} is not one of your memories yet: pin it to keep it.")
+        ref = ref.removeprefix("memory:")
+        if not ref.isdigit():
+            raise NovelError(f"'{memory_id}' is not a memory id.")
+        rows = self.store.query("SELECT * FROM memories WHERE id=?", (int(ref),))
+        if not rows:
+            raise NovelError(f"There is no memory {memory_id}.")
+        return rows[0]
+
+    def add_memory(self, text: str, pin: bool = False, kind: str = "fact",
+                   source: str = "writer") -> int:
+        text = validate_text("The memory", (text or "").strip(), MAX_MEMORY_CHARS)
+        if not text:
+            raise NovelError("The memory is empty; write the fact first.")
+        t = time.time()
+        with self.store.tx() as db:
+            return db["memories"].insert({"kind": kind, "text": text, "pinned": int(pin),
+                                          "source": source, "created": t,
+                                          "updated": t}).last_pk
+
+    def _memory_id(self, ref) -> int:
+        """A memory id from an int, 'memory:ID' or a key of a passage/thought (which is
+        then kept as a new memory so it can be pinned)."""
+        if isinstance(ref, str) and not ref.strip().isdigit():
+            from .memory.semantic import parse_key
+            kind, src, _ = parse_key(ref)
+            if kind == "memory":
+                return self.memory(src)["id"]
+            text = self.semantic.text_of(ref)
+            if not text:
+                raise NovelError(f"There is no {ref}.")
+            return self.add_memory(text, kind=kind, source=ref)
+        return self.memory(ref)["id"]
+
+    def _set_pinned(self, ref, pinned: bool) -> int:
+        mid = self._memory_id(ref) if pinned else self.memory(ref)["id"]
+        with self.store.tx() as db:
+            db["memories"].update(mid, {"pinned": int(pinned), "updated": time.time()})
+        return mid
+
+    def pin(self, ref) -> int:
+        """Pin a memory (or a recalled passage/thought, kept as a memory): always in context."""
+        return self._set_pinned(ref, True)
+
+    def unpin(self, ref) -> int:
+        return self._set_pinned(ref, False)
+
+    def edit_memory(self, memory_id: int, text: str) -> None:
+        text = validate_text("The memory", (text or "").strip(), MAX_MEMORY_CHARS)
+        if not text:
+            raise NovelError("A memory cannot be empty; delete it instead.")
+        memory_id = self.memory(memory_id)["id"]
+        with self.store.tx() as db:
+            db["memories"].update(memory_id, {"text": text, "updated": time.time()})
+
+    def delete_memory(self, memory_id: int) -> None:
+        memory_id = self.memory(memory_id)["id"]
+        with self.store.tx() as db:
+            db.execute("DELETE FROM memories WHERE id=?", (memory_id,))
+            db.execute("DELETE FROM associations WHERE a=? OR b=?", (f"memory:{memory_id}",) * 2)
+
+    def pin_sentence(self, text: str, chapter_id: int | None = None,
+                     thought_id: int | None = None) -> int:
+        """Pin a sentence of the manuscript (or of a thought) as written there."""
+        text = (text or "").strip()
+        if thought_id is not None:
+            rows = self.store.query("SELECT text FROM thoughts WHERE id=?", (thought_id,))
+            if not rows:
+                raise NovelError(f"There is no thought {thought_id}.")
+            text = text or rows[0]["text"].strip()
+            where, kind, source = rows[0]["text"], "thought", f"thought:{thought_id}"
+        else:
+            cid = chapter_id if chapter_id is not None else self.chapter_id()
+            where, kind, source = self.text(cid), "manuscript", f"chapter:{cid}"
+        if not text:
+            raise NovelError("Select the sentence to pin first.")
+        if text not in where:
+            raise NovelError("That text is not in the " + ("thought." if thought_id is not None
+                                                          else "chapter."))
+        same = self.store.query("SELECT id FROM memories WHERE text=?", (text,))
+        if same:
+            return self.pin(same[0]["id"])
+        return self.add_memory(text, pin=True, kind=kind, source=source)
+
+    def link(self, a, b) -> None:
+        """The writer's explicit association between two memories (ids or keys)."""
+        from .memory.semantic import SemanticError
+        ka, kb = (f"memory:{int(x)}" if str(x).strip().isdigit() else str(x).strip()
+                  for x in (a, b))
+        try:
+            self.semantic.link(ka, kb)
+        except SemanticError as e:
+            raise NovelError(str(e)) from e
+
+    def rebuild_memory(self) -> dict:
+        """Re-embed everything and recompute co-occurrences (derived data only)."""
+        return self.semantic.rebuild()
+
+    def index_memory(self) -> dict:
+        """Embed everything not yet in semantic memory, now (the CLI's 'rebuild' without
+        forgetting what is already there)."""
+        return self.semantic.sync()
+
+    # -- kNN memory (keys/values of every manuscript token, read inside attention) ------
+    def knn_settings(self) -> dict:
+        """{on, layers (the layers read, defaults resolved), k, depth}."""
+        return self._knn.public()
+
+    def set_knn_settings(self, on: bool, layers=None, k: int | None = None) -> dict:
+        """Turn kNN memory on/off; layers as '14-29' / '22,25' / list ('' = defaults)."""
+        try:
+            return self._knn.set(on, layers, k)
+        except ValueError as e:
+            raise NovelError(str(e)) from e
+
+    def knn_info(self) -> dict:
+        """{tokens stored, index kind, bytes on disk, layers, loaded}; indexes nothing."""
+        return self._knn.info()
+
+    def knn_store(self, progress=None):
+        """The kNN store, brought in step with the manuscript (rebuilt if untrustworthy)."""
+        return self._knn.store(progress)
+
+    def rebuild_knn(self, progress=None) -> dict:
+        """Re-index the whole manuscript; progress: callable(done, total) or None."""
+        self._idle_or_fail()
+        self._knn.rebuild(progress)
+        return self.knn_info()
 
     def continue_chapter(self, chapter_id: int, sampling: writer.Sampling | None = None,
                          prompt: str = "", budget: int | None = None, action: str = "continue"):
@@ -242,8 +459,16 @@ class Novel:
             base = (base.rstrip() + "\n\n" + prompt.strip()) if base.strip() else prompt.strip()
             self.store.new_revision(chapter_id, base, "writer", "prompt")
         sampling = sampling.resolved()
+        settings = self.thought_settings()
+        if settings["on"] and settings["plan_first"] and not self._cancel.is_set():
+            yield Event(text=base, status="Planning the next passage…")
+            plan = write_note(lm, base or self.bible.get("premise", ""), self.bible,
+                              plan=True, seed=sampling.seed, cancel=self._cancel)
+            if plan:
+                self.thoughts.add(chapter_id, len(base), plan, author="model")
         ids, receipt = self.build_context(chapter_id, budget, base)
         self.last_receipt = receipt
+        knn_ctx, prefix_key = self._knn.reader(lm, chapter_id, ids, receipt)
         rev = self.store.new_revision(chapter_id, base, "model", action)
         log_id = self.store.log_generation(chapter_id=chapter_id, revision_id=rev,
                                            model=lm.name, params=sampling.to_dict(),
@@ -251,12 +476,15 @@ class Novel:
                                            new_tokens=0, seconds=0.0, status="running")
         yield Event(text=base, status="Reading the context…", receipt=receipt)
         result = writer.Result()
+        router = Router()  # marker-delimited thoughts go to the margin, never the page
         t0, last_save, text = time.perf_counter(), time.perf_counter(), base
         status = "error"
         try:
             with lm.lock:
                 for delta in writer.stream(lm, ids, sampling, self._cancel, self._prefix,
-                                           prefix_key=lm.fingerprint, result=result):
+                                           prefix_key=prefix_key, forward_context=knn_ctx,
+                                           result=result):
+                    delta = router.feed(delta)
                     text += delta
                     if time.perf_counter() - last_save >= AUTOSAVE_S:
                         self.store.update_revision(rev, text)
@@ -264,12 +492,16 @@ class Novel:
                     yield Event(text=text, delta=delta, status="Writing…")
             status = result.stop_reason or "done"
         finally:
-            text = base + result.text
+            router.finish()
+            written = router.prose
+            text = base + written
             seconds = time.perf_counter() - t0
-            if result.text:
+            if written:
                 self.store.update_revision(rev, text)
                 pid = self.store.add_passage(chapter_id, rev, len(base), len(text),
-                                             result.text, "model")
+                                             written, "model")
+                for t in router.thoughts:
+                    self.thoughts.add(chapter_id, len(base) + t.anchor, t.text, pid, "model")
             else:  # nothing written: the empty revision is not an undo step
                 self._drop_head(chapter_id, rev)
                 pid = None
@@ -278,12 +510,19 @@ class Novel:
         if pid is not None:
             for hook in self.after_accept:
                 hook(self, chapter_id, pid)
+            if (settings["on"] and not settings["plan_first"] and not router.thoughts
+                    and status != "cancelled"):
+                yield Event(text=text, status="Writing a margin note…")
+                note = write_note(lm, written, self.bible, seed=sampling.seed,
+                                  cancel=self._cancel)
+                if note:
+                    self.thoughts.add(chapter_id, len(text), note, pid, "model")
         stats = {"seed": sampling.seed, "new_tokens": result.new_tokens,
                  "prompt_tokens": result.prompt_tokens, "reused_tokens": result.reused_tokens,
                  "prefill_s": round(result.prefill_s, 2), "decode_s": round(result.decode_s, 2),
                  "tokens_per_s": round(result.new_tokens / result.decode_s, 1)
                  if result.decode_s > 0 else 0.0, "stop_reason": status}
-        if not result.text:
+        if not written:
             msg = ("Stopped before any text was written." if status == "cancelled" else
                    "The model produced no text (it ended at once). Try again, raise the "
                    "temperature or change the seed.")
@@ -292,6 +531,41 @@ class Novel:
                    "length": "Reached the token limit."}.get(status, "Done.")
         yield Event(text=text, done=True, status=msg, receipt=receipt, result=result,
                     stats=stats)
+
+    # -- thoughts -------------------------------------------------------------------
+    def thought_settings(self) -> dict:
+        """on: a margin note after each passage; plan_first: the note comes before it."""
+        return {"on": True, "plan_first": False, **(self.store.get_setting("thoughts") or {})}
+
+    def set_thought_settings(self, on: bool | None = None, plan_first: bool | None = None):
+        s = self.thought_settings()
+        s.update({k: bool(v) for k, v in (("on", on), ("plan_first", plan_first))
+                  if v is not None})
+        self.store.set_setting("thoughts", s)
+
+    def list_thoughts(self, chapter_id: int | None = None) -> list[dict]:
+        return self.thoughts.list(chapter_id)
+
+    def add_thought(self, chapter_id: int, text: str, anchor: int | None = None) -> int:
+        """The writer's own note, at ``anchor`` (default: the end of the chapter)."""
+        self._idle_or_fail()
+        anchor = len(self.text(chapter_id)) if anchor is None else anchor
+        return self.thoughts.add(chapter_id, anchor, text)
+
+    def edit_thought(self, thought_id: int, text: str) -> None:
+        self._idle_or_fail()
+        self.thoughts.edit(thought_id, text)
+
+    def delete_thought(self, thought_id: int) -> None:
+        self._idle_or_fail()
+        self.thoughts.delete(thought_id)
+
+    def export_with_notes(self) -> str:
+        """Markdown with every thought set apart as a margin note."""
+        chapters = [{"title": c["title"],
+                     "text": self.thoughts.margin_markdown(c["text"] or "", c["id"])}
+                    for c in self.store.chapters()]
+        return export.render(self.bible, chapters, "md")
 
     def start(self, chapter_id: int, sampling: writer.Sampling | None = None,
               prompt: str = "", retry: bool = False) -> Job:
@@ -320,6 +594,19 @@ class Novel:
             raise NovelError("The model is already writing; press Stop first.")
         self.store.undo(chapter_id)
         yield from self.continue_chapter(chapter_id, sampling, budget=budget, action="retry")
+
+
+def _embed_passage(novel: "Novel", chapter_id: int, passage_id: int) -> None:
+    """After-accept hook: the new passage goes into semantic memory (when recall is on)."""
+    from .memory.semantic import SemanticError, embedder_loaded
+    # Only when the embedder is already loaded: a first load costs seconds, and the
+    # next recall syncs anyway (the index is derived data, synced by signature).
+    if novel.recall_settings().enabled and embedder_loaded():
+        try:
+            if novel.semantic.sync(limit=SYNC_LIMIT).get("pending"):
+                novel.semantic.catch_up()
+        except SemanticError:
+            pass  # recall reports it in the next receipt; the passage itself is saved
 
 
 def _chain(first, rest):

@@ -40,7 +40,7 @@ def add_arguments(p) -> None:
 def add_knn_arguments(p) -> None:
     """Flags that override KNNSettings (shared by the score CLI and the benchmarks)."""
     p.add_argument("--knn-mode", choices=("attend", "inject"), default=None)
-    p.add_argument("--knn-layers", default=None, help="comma-separated layer indices")
+    p.add_argument("--knn-layers", default=None, help="layer indices and ranges: 22,25 or 15-29")
     p.add_argument("--knn-k", type=int, default=None)
     p.add_argument("--knn-heads", type=float, default=None, help="fraction of query heads")
     p.add_argument("--knn-position", choices=("behind", "exact"), default=None)
@@ -62,7 +62,8 @@ def settings_from_args(args, base=None):
             kw[field] = v
     layers = getattr(args, "knn_layers", None)
     if layers:
-        kw["layers"] = tuple(int(x) for x in str(layers).split(",") if x.strip())
+        from .memory.knn_project import parse_layers
+        kw["layers"] = tuple(parse_layers(layers))
     return s.with_(**kw)
 
 

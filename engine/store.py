@@ -16,7 +16,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 DB_NAME = "novel.db"
 MEMORY_DIR = "memory"
 
@@ -91,7 +91,22 @@ def _m1(db: sqlite_utils.Database) -> None:
                                  "status": str, "created": float}, pk="id")
 
 
-MIGRATIONS = {1: _m1}
+def _m2(db: sqlite_utils.Database) -> None:
+    """Associations between memory keys ('memory:3', 'passage:12#0', 'thought:4'):
+    'link' edges are the writer's own; 'cooccur' edges are derived and rebuildable."""
+    db.execute("CREATE TABLE IF NOT EXISTS associations (a TEXT NOT NULL, b TEXT NOT NULL, "
+               "kind TEXT NOT NULL, weight REAL NOT NULL DEFAULT 1.0, PRIMARY KEY (a, b, kind))")
+    db.execute("CREATE INDEX IF NOT EXISTS associations_b ON associations (b)")
+
+
+def _m3(db: sqlite_utils.Database) -> None:
+    """Every edit of a thought keeps the text it replaced."""
+    db["thought_history"].create({"id": int, "thought_id": int, "text": str, "author": str,
+                                  "created": float}, pk="id", if_not_exists=True)
+    db["thought_history"].create_index(["thought_id"], if_not_exists=True)
+
+
+MIGRATIONS = {1: _m1, 2: _m2, 3: _m3}
 
 
 class Store:

@@ -42,7 +42,8 @@ def tiny_model(seed: int = 0, layers: int = 4, hidden: int = 64, heads: int = 4,
         # dimension 0, which survives into the final hidden state as a large positive
         # value, and point the special tokens' output rows against it: their logits
         # sit far below every byte's, so it writes until told to stop.
-        model.model.embed_tokens.weight[:, 0] = 5.0
+        model.model.embed_tokens.weight.normal_(0.0, 1.0)  # tokens differ as in real models
+        model.model.embed_tokens.weight[:, 0] = 3.0
         model.lm_head.weight.mul_(1.5 / (cfg.initializer_range * hidden ** 0.5))
         model.lm_head.weight[:3] = 0.0
         model.lm_head.weight[:3, 0] = -5.0

@@ -64,9 +64,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def app_server(tmp_path, slow_model_dir):
-    """python launch.py on a free port with a fresh projects folder; yields (url, dir)."""
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory, slow_model_dir):
+    """python launch.py on a free port with a fresh projects folder, one per test module
+    (tests use distinct novels); yields (url, projects dir)."""
+    tmp_path = tmp_path_factory.mktemp("app")
     port = free_port()
     projects = tmp_path / "projects"
     log = open(tmp_path / "server.log", "w")
@@ -74,7 +76,7 @@ def app_server(tmp_path, slow_model_dir):
                              "--model", str(slow_model_dir), "--port", str(port)],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 90
+    deadline = time.time() + 240  # a loaded CI machine imports torch and gradio slowly
     while time.time() < deadline:
         try:
             urllib.request.urlopen(url, timeout=2)
@@ -85,7 +87,7 @@ def app_server(tmp_path, slow_model_dir):
             time.sleep(0.5)
     else:
         proc.kill()
-        raise RuntimeError("the app did not start in 90 s")
+        raise RuntimeError("the app did not start in 240 s")
     try:
         yield url, projects
     finally:

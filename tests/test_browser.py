@@ -88,10 +88,12 @@ def test_retry_replaces_last_passage(app_server, page):
 
 def test_bad_project_name_is_refused(app_server, page):
     url, projects = app_server
+    page.goto(url)
+    before = sorted(p.name for p in projects.iterdir())
     create_novel(page, url, "Escape", name="../../x")
     expect(status(page)).to_contain_text("not a valid project name")
     assert not (projects.parent.parent / "x").exists()
-    assert not any(projects.iterdir()) if projects.exists() else True
+    assert sorted(p.name for p in projects.iterdir()) == before
 
 
 def test_chapters_add_rename_reorder_delete(app_server, page):

@@ -12,6 +12,12 @@ def add_arguments(p) -> None:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", action="store_true")
+    if importlib.util.find_spec("engine.evals.knn_speed") is not None:
+        from ..score import add_knn_arguments
+        from .knn_speed import add_speed_arguments
+
+        add_speed_arguments(p)  # --knn-store-tokens, --knn-sizes, ...
+        add_knn_arguments(p)
 
 
 def measure(lm, prompt_tokens: int = 512, new_tokens: int = 128, repeats: int = 3,

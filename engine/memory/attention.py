@@ -268,35 +268,41 @@ def _attend(st, layer, query, key, value, mask, scaling, q_pos, key_pos):
         if n_allowed.max() <= 0:
             continue
         nq = sl.stop - sl.start
-        for h in mem_heads:
-            g = h // groups
+        # one search per KV head for all of its memory query heads (fewer, larger
+        # FAISS calls: at decode time the per-call overhead dominates)
+        for g in sorted({h // groups for h in mem_heads}):
+            hs = [h for h in mem_heads if h // groups == g]
+            nh = len(hs)
+            qh = qc[:, hs].transpose(0, 1)                            # (nh, B, nq, d)
             # search vectors: the query rotated by -placed (exact logits for behind)
-            sv = rotate(qc[:, h], -placed[sl], st.inv_freq)           # (B, nq, d)
+            sv = rotate(qh, -placed[sl], st.inv_freq)
             ids = _retrieve(st, layer, g, sv.reshape(-1, d).numpy(), s.k,
-                            np.tile(n_allowed, B))
-            u, v, pos = _gather(st, layer, g, ids)                    # (B*nq, k, d)
+                            np.tile(n_allowed, nh * B))
+            u, v, pos = _gather(st, layer, g, ids)                    # (nh*B*nq, k, d)
             if exact:
                 where = (pos - st.offset).float()
             else:
-                where = placed[sl].repeat(B)[:, None].expand(-1, ids.shape[1]).float()
+                where = placed[sl].repeat(nh * B)[:, None].expand(-1, ids.shape[1]).float()
             km = rotate(u, where, st.inv_freq)
-            lm_ = torch.einsum("nd,nkd->nk", qc[:, h].reshape(-1, d), km) * scaling
-            lm_ = lm_.masked_fill(torch.from_numpy(ids < 0), float("-inf")).view(B, nq, -1)
-            v = v.view(B, nq, -1, d)
+            lm_ = torch.einsum("nd,nkd->nk", qh.reshape(-1, d), km) * scaling
+            lm_ = lm_.masked_fill(torch.from_numpy(ids < 0), float("-inf"))
+            lm_ = lm_.view(nh, B, nq, -1).transpose(0, 1)             # (B, nh, nq, k)
+            v = v.view(nh, B, nq, -1, d).transpose(0, 1)              # (B, nh, nq, k, d)
             if s.gate:
-                gate = torch.sigmoid(_gate_bias(st, layer, h))
+                gate = torch.stack([torch.sigmoid(_gate_bias(st, layer, h)) for h in hs])
                 pm = torch.softmax(lm_, -1).nan_to_num(0.0)
-                o_mem = torch.einsum("bqk,bqkd->bqd", pm, v)
-                has = (ids >= 0).any(-1).reshape(B, nq, 1)
-                mix = torch.where(torch.from_numpy(has), gate, torch.zeros(()))
-                out[:, h, sl] = mix * o_mem + (1 - mix) * out[:, h, sl]
+                o_mem = torch.einsum("bhqk,bhqkd->bhqd", pm, v)
+                has = torch.from_numpy((ids >= 0).any(-1)).view(nh, B, nq, 1).transpose(0, 1)
+                mix = torch.where(has, gate.view(1, nh, 1, 1), torch.zeros(()))
+                out[:, hs, sl] = mix * o_mem + (1 - mix) * out[:, hs, sl]
             else:
-                m_max = torch.maximum(local_max[:, h], lm_.amax(-1, keepdim=True))
-                pl = p_local[:, h] * torch.exp(local_max[:, h] - m_max)
+                lmax = local_max[:, hs]                                # (B, nh, nq, 1)
+                m_max = torch.maximum(lmax, lm_.amax(-1, keepdim=True))
+                pl = p_local[:, hs] * torch.exp(lmax - m_max)
                 pm = torch.exp(lm_ - m_max)
                 z = pl.sum(-1, keepdim=True) + pm.sum(-1, keepdim=True)
-                o = torch.matmul(pl, V[:, h]) + torch.einsum("bqk,bqkd->bqd", pm, v)
-                out[:, h, sl] = o / z
+                o = torch.matmul(pl, V[:, hs]) + torch.einsum("bhqk,bhqkd->bhqd", pm, v)
+                out[:, hs, sl] = o / z
     return out
 
 
@@ -396,6 +402,7 @@ def index_tokens(lm, store: KNNStore, token_ids, positions=None, progress: bool 
     """Write keys/values of ``token_ids`` (book ``positions``, default: after the
     store's last) into ``store`` at its layers, in chunks of ``chunk`` tokens each read
     after ``overlap`` tokens of preceding context (``prefix`` for the first chunk).
+    ``progress``: a bool (tqdm bar) or a callable(done, total).
     Runs the model only up to the deepest stored layer; no memory is read meanwhile.
     """
     from tqdm.auto import tqdm
@@ -411,8 +418,9 @@ def index_tokens(lm, store: KNNStore, token_ids, positions=None, progress: bool 
     history = [int(t) for t in prefix][-overlap:] if overlap else []
     inv_freq = rotary_inv_freq(lm)
     device = next(lm.model.parameters()).device
-    bar = tqdm(total=len(ids), desc="kNN memory", unit="tok", disable=not progress,
-               leave=False)
+    report = progress if callable(progress) else None
+    bar = tqdm(total=len(ids), desc="kNN memory", unit="tok",
+               disable=not progress or report is not None, leave=False)
     prev = _state()
     try:
         for c0 in range(0, len(ids), chunk):
@@ -431,6 +439,8 @@ def index_tokens(lm, store: KNNStore, token_ids, positions=None, progress: bool 
                       positions[c0:c0 + len(piece)], piece)
             history = (history + piece)[-overlap:] if overlap else []
             bar.update(len(piece))
+            if report is not None:
+                report(min(c0 + chunk, len(ids)), len(ids))
     finally:
         bar.close()
         _local.state = prev

@@ -1,0 +1,81 @@
+"""The "Long memory (kNN)" panel: on/off, layers, k, what is stored, rebuild.
+Layout and wiring only; every action is a Novel call (engine/memory/knn_project.py)."""
+from __future__ import annotations
+
+import gradio as gr
+
+from engine.models import ModelError
+from engine.store import ProjectError
+
+USER_ERRORS = (ProjectError, ModelError, ValueError, OSError)
+
+
+def panel() -> dict:
+    k = {}
+    with gr.Accordion("Long memory (kNN)", open=False, elem_id="knn-panel"):
+        gr.Markdown("The model re-reads the attention keys and values of every earlier "
+                    "token of the book at these layers, past its context window.",
+                    elem_classes=["hint"])
+        k["on"] = gr.Checkbox(label="Use long memory", value=False, elem_id="knn-on")
+        k["layers"] = gr.Textbox(label="Layers (e.g. 14-29; empty: default)",
+                                 elem_id="knn-layers")
+        k["k"] = gr.Slider(1, 128, value=32, step=1, label="Memories per query (k)",
+                           elem_id="knn-k")
+        k["apply"] = gr.Button("Apply", size="sm", elem_id="knn-apply")
+        k["info"] = gr.Markdown("", elem_id="knn-info")
+        k["rebuild"] = gr.Button("Rebuild memory", size="sm", elem_id="knn-rebuild")
+        k["status"] = gr.Markdown("", elem_id="knn-status")
+    return k
+
+
+def _info_line(info: dict) -> str:
+    size = info["bytes"] / 2**20
+    where = f"layers {_layers_text(info['layers'])}" if info.get("layers") else "not built yet"
+    return (f"**Stored:** {info['tokens']:,} tokens · index {info['index']} · "
+            f"{size:.1f} MB on disk · {where}")
+
+
+def _layers_text(layers) -> str:
+    layers = sorted(layers or [])
+    if layers and layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 2:
+        return f"{layers[0]}-{layers[-1]}"
+    return ", ".join(str(x) for x in layers)
+
+
+def wire(lib, k: dict, novel_dd) -> None:
+    outs = [k["on"], k["layers"], k["k"], k["info"], k["status"]]
+
+    def view(name, msg=""):
+        if not name:
+            return False, "", 32, "", msg
+        novel = lib.open(name)
+        s = novel.knn_settings()
+        return (s["on"], _layers_text(s["layers"]) if s["layers"] else "", s["k"],
+                _info_line(novel.knn_info()), msg)
+
+    def on_apply(name, on, layers, kk):
+        if not name:
+            return view(name, "<span class='err'>⚠ Open a novel first.</span>")
+        try:
+            lib.open(name).set_knn_settings(bool(on), layers or "", int(kk))
+        except USER_ERRORS as e:
+            return view(name, f"<span class='err'>⚠ {e}</span>")
+        return view(name, "<span class='ok'>Long memory " + ("on." if on else "off.")
+                    + "</span>")
+
+    def on_rebuild(name, progress=gr.Progress()):
+        if not name:
+            return view(name, "<span class='err'>⚠ Open a novel first.</span>")
+        try:
+            novel = lib.open(name)
+            progress(0, desc="Indexing the manuscript")
+            info = novel.rebuild_knn(lambda done, total: progress(
+                done / max(1, total), desc=f"Indexing {done:,}/{total:,} tokens"))
+        except USER_ERRORS as e:
+            return view(name, f"<span class='err'>⚠ {e}</span>")
+        return view(name, f"<span class='ok'>Rebuilt: {info['tokens']:,} tokens.</span>")
+
+    novel_dd.change(view, novel_dd, outs)
+    k["apply"].click(on_apply, [novel_dd, k["on"], k["layers"], k["k"]], outs)
+    k["on"].input(on_apply, [novel_dd, k["on"], k["layers"], k["k"]], outs)
+    k["rebuild"].click(on_rebuild, novel_dd, outs)

@@ -1,0 +1,106 @@
+"""The margin-notes panel: the model's thoughts beside the chapter, editable.
+Layout and wiring only; every action is a Novel call."""
+from __future__ import annotations
+
+import gradio as gr
+
+from engine.novel import NovelError
+from engine.store import ProjectError
+
+USER_ERRORS = (ProjectError, ValueError, OSError)
+
+
+def layout() -> dict:
+    t = {}
+    with gr.Accordion("Margin notes (the model's thoughts)", open=True, elem_id="thoughts"):
+        with gr.Row():
+            t["show"] = gr.Checkbox(label="Show margin notes", value=True,
+                                    elem_id="thoughts-show")
+            t["on"] = gr.Checkbox(label="Note after each passage", value=True,
+                                  elem_id="thoughts-on")
+            t["plan"] = gr.Checkbox(label="Plan first", value=False, elem_id="thoughts-plan")
+        t["notes"] = gr.Markdown("", elem_id="thoughts-list")
+        t["pick"] = gr.Dropdown(label="Note", choices=[], elem_id="thought-pick")
+        t["text"] = gr.Textbox(label="Edit the note (or write your own to steer the story)",
+                               lines=2, elem_id="thought-text")
+        with gr.Row():
+            t["save"] = gr.Button("Save note", size="sm", elem_id="thought-save")
+            t["add"] = gr.Button("Add as a new note at the end", size="sm",
+                                 elem_id="thought-add")
+            t["delete"] = gr.Button("Delete note", size="sm", variant="stop",
+                                    elem_id="thought-delete")
+        t["status"] = gr.Markdown("", elem_id="thought-status")
+    return t
+
+
+def _render(novel, cid, show: bool) -> str:
+    if not show:
+        return "*Margin notes are hidden.*"
+    rows = novel.list_thoughts(cid)
+    if not rows:
+        return "*No notes yet: they appear after each Continue.*"
+    text = novel.text(cid)
+    out = []
+    for r in rows:
+        before = text[max(0, r["anchor"] - 60):r["anchor"]].replace("\n", " ").strip()
+        out.append(f"**#{r['id']}** · after “…{before}”\n\n> 💭 {r['text']}")
+    return "\n\n".join(out)
+
+
+def wire(lib, t, novel_dd, chapter_radio, after: list) -> None:
+    """``after``: events (Continue, Retry, chapter switch) that refresh the notes."""
+
+    def refresh(name, cid, show, pick=None, msg=""):
+        if not name or cid is None:
+            return "", gr.Dropdown(choices=[], value=None), "", msg, gr.update(), gr.update()
+        novel = lib.open(name)
+        rows = novel.list_thoughts(cid)
+        choices = [(f"#{r['id']}: {r['text'][:50]}", r["id"]) for r in rows]
+        pick = pick if pick in [c[1] for c in choices] else None
+        text = novel.thoughts.get(pick)["text"] if pick is not None else ""
+        s = novel.thought_settings()
+        return (_render(novel, cid, show), gr.Dropdown(choices=choices, value=pick), text, msg,
+                s["on"], s["plan_first"])
+
+    outs = [t["notes"], t["pick"], t["text"], t["status"], t["on"], t["plan"]]
+    ins = [novel_dd, chapter_radio, t["show"]]
+    for ev in after:
+        ev.then(refresh, ins, outs, show_progress="hidden")
+    t["show"].change(refresh, ins, outs, show_progress="hidden")
+
+    def on_pick(name, cid, show, pick):
+        return refresh(name, cid, show, pick)
+
+    t["pick"].input(on_pick, ins + [t["pick"]], outs)
+
+    def act(fn, message):
+        def handler(name, cid, show, pick, text):
+            try:
+                if not name or cid is None:
+                    raise NovelError("Open a novel and pick a chapter first.")
+                novel = lib.open(name)
+                pick = fn(novel, cid, pick, text)
+                return refresh(name, cid, show, pick, f"<span class='ok'>{message}</span>")
+            except USER_ERRORS as e:
+                return (*[gr.update()] * 3, f"<span class='err'>⚠ {e}</span>",
+                        gr.update(), gr.update())
+        return handler
+
+    def need(pick):
+        if pick is None:
+            raise NovelError("Pick a note first.")
+        return pick
+
+    full = ins + [t["pick"], t["text"]]
+    t["save"].click(act(lambda n, cid, p, x: n.edit_thought(need(p), x) or p, "Note saved."),
+                    full, outs)
+    t["add"].click(act(lambda n, cid, p, x: n.add_thought(cid, x), "Note added."), full, outs)
+    t["delete"].click(act(lambda n, cid, p, x: n.delete_thought(need(p)), "Note deleted."),
+                      full, outs)
+
+    def settings(name, on, plan):
+        if name:
+            lib.open(name).set_thought_settings(on=on, plan_first=plan)
+
+    t["on"].input(settings, [novel_dd, t["on"], t["plan"]])
+    t["plan"].input(settings, [novel_dd, t["on"], t["plan"]])

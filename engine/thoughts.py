@@ -1,0 +1,258 @@
+"""Thought bubbles: the model's inline self-commentary, kept out of the manuscript.
+
+In the model's context a thought stands between BEGIN and END. Neither character
+occurs in ordinary prose; if a writer types one anyway, ``escape_prose`` turns it into
+a look-alike so it can never open or close a thought. The streaming ``Router`` sends
+marker-delimited text to the monologue, never to the page, and tolerates a model
+that forgets to close (or opens nothing and closes anyway).
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+BEGIN, END = "⟦", "⟧"
+_ESCAPES = {BEGIN: "[[", END: "]]"}
+NOTE_TOKENS = 48
+
+
+def escape_prose(text: str) -> str:
+    """Prose safe to put in the model's context: no marker survives."""
+    for mark, look_alike in _ESCAPES.items():
+        text = text.replace(mark, look_alike)
+    return text
+
+
+def inline(note: str) -> str:
+    """A thought as the model reads it in context."""
+    return f"{BEGIN}{escape_prose(note.strip())}{END}"
+
+
+@dataclass
+class Thought:
+    anchor: int      # offset in the prose where the thought stands
+    text: str
+
+
+@dataclass
+class Router:
+    """Feed streamed text; prose and thoughts come out separately.
+
+    ``feed`` returns the prose to show; finished thoughts collect in ``thoughts``
+    anchored at the prose offset where they began.
+    """
+    prose: str = ""
+    thoughts: list[Thought] = field(default_factory=list)
+    _open: list[str] | None = None
+    _anchor: int = 0
+
+    @property
+    def thinking(self) -> bool:
+        return self._open is not None
+
+    def feed(self, delta: str) -> str:
+        shown = []
+        for ch in delta:
+            if ch == BEGIN:
+                if self._open is None:
+                    self._open, self._anchor = [], len(self.prose) + len("".join(shown))
+                # a second BEGIN inside a thought is noise: drop it
+            elif ch == END:
+                if self._open is not None:
+                    self._close()
+                # an END with nothing open is dropped, never shown
+            elif self._open is not None:
+                self._open.append(ch)
+            else:
+                shown.append(ch)
+        out = "".join(shown)
+        self.prose += out
+        return out
+
+    def finish(self) -> None:
+        """End of generation: an unclosed thought ends here."""
+        if self._open is not None:
+            self._close()
+
+    def _close(self) -> None:
+        text = "".join(self._open).strip()
+        if text:
+            self.thoughts.append(Thought(self._anchor, text))
+        self._open = None
+
+
+def split(text: str) -> tuple[str, list[Thought]]:
+    """Prose and thoughts of a whole text (the streaming Router, in one go)."""
+    r = Router()
+    r.feed(text)
+    r.finish()
+    return r.prose, r.thoughts
+
+
+def strip(text: str) -> str:
+    """The manuscript view: every thought removed."""
+    return split(text)[0]
+
+
+def with_thoughts(prose: str, thoughts: list[Thought]) -> str:
+    """Prose with its thoughts put back inline at their anchors (for the model)."""
+    out, last = [], 0
+    for t in sorted(thoughts, key=lambda t: t.anchor):
+        a = max(last, min(t.anchor, len(prose)))
+        out += [escape_prose(prose[last:a]), inline(t.text)]
+        last = a
+    out.append(escape_prose(prose[last:]))
+    return "".join(out)
+
+
+def reanchor(old: str, new: str, anchor: int) -> int:
+    """Where an anchor in ``old`` lands after the writer edited it into ``new``.
+
+    Text around the anchor that survived the edit keeps the anchor beside it; an
+    anchor inside a replaced stretch moves to the end of the replacement.
+    """
+    pre = 0
+    limit = min(len(old), len(new))
+    while pre < limit and old[pre] == new[pre]:
+        pre += 1
+    suf = 0
+    while suf < limit - pre and old[-1 - suf] == new[-1 - suf]:
+        suf += 1
+    if anchor <= pre:
+        return anchor
+    if anchor >= len(old) - suf:
+        return anchor + len(new) - len(old)
+    # Only the changed middle needs a real diff (typing touches a few characters).
+    mid_old, mid_new = old[pre:len(old) - suf], new[pre:len(new) - suf]
+    return pre + _reanchor_diff(mid_old, mid_new, anchor - pre)
+
+
+def _reanchor_diff(old: str, new: str, anchor: int) -> int:
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, old, new,
+                                                       autojunk=False).get_opcodes():
+        if tag == "insert" and i1 == anchor:
+            return j1  # new text right after the anchor: the note stays with what preceded
+        if i1 <= anchor < i2:
+            return j1 + (anchor - i1) if tag == "equal" else j2
+    return len(new)
+
+
+def note_messages(passage: str, bible: dict, plan: bool = False) -> list[dict]:
+    """The short prompt that asks an instruct model for one note on a passage."""
+    ask = ("In one or two sentences, plan what should happen next in this story, "
+           "and what must not be forgotten." if plan else
+           "In one or two sentences, note what just happened in this passage, what "
+           "must be remembered, and what should come next.")
+    return [{"role": "system", "content": "You are a novelist's private notebook. "
+                                          f"The novel is '{bible.get('title', '')}'."},
+            {"role": "user", "content": f"{passage.strip()[-2000:]}\n\n{ask}"}]
+
+
+class ThoughtBook:
+    """A novel's thoughts in novel.db: anchored per chapter, with their edit history."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def list(self, chapter_id: int | None = None) -> list[dict]:
+        where, args = ("WHERE chapter_id=?", (chapter_id,)) if chapter_id is not None else ("", ())
+        return self.store.query(f"SELECT id, chapter_id, passage_id, anchor, text, created, "
+                                f"updated FROM thoughts {where} ORDER BY chapter_id, anchor, id",
+                                args)
+
+    def get(self, thought_id: int) -> dict:
+        rows = self.store.query("SELECT * FROM thoughts WHERE id=?", (thought_id,))
+        if not rows:
+            from .store import ProjectError
+            raise ProjectError(f"There is no thought {thought_id}.")
+        return rows[0]
+
+    def add(self, chapter_id: int, anchor: int, text: str, passage_id: int | None = None,
+            author: str = "writer") -> int:
+        from .store import ProjectError, now, validate_text
+        text = validate_text("The thought", (text or "").strip(), 5_000)
+        if not text:
+            raise ProjectError("The thought is empty.")
+        length = len(self.store.chapter(chapter_id)["text"] or "")
+        t = now()
+        with self.store.tx() as db:
+            tid = db["thoughts"].insert({"chapter_id": chapter_id, "passage_id": passage_id,
+                                         "anchor": max(0, min(int(anchor), length)),
+                                         "text": text, "created": t, "updated": t}).last_pk
+            db["thought_history"].insert({"thought_id": tid, "text": text, "author": author,
+                                          "created": t})
+        return tid
+
+    def edit(self, thought_id: int, text: str) -> None:
+        from .store import ProjectError, now, validate_text
+        text = validate_text("The thought", (text or "").strip(), 5_000)
+        if not text:
+            raise ProjectError("The thought is empty; delete it instead.")
+        self.get(thought_id)
+        t = now()
+        with self.store.tx() as db:
+            db["thoughts"].update(thought_id, {"text": text, "updated": t})
+            db["thought_history"].insert({"thought_id": thought_id, "text": text,
+                                          "author": "writer", "created": t})
+
+    def delete(self, thought_id: int) -> None:
+        self.get(thought_id)
+        with self.store.tx() as db:
+            db.execute("DELETE FROM thoughts WHERE id=?", (thought_id,))
+
+    def history(self, thought_id: int) -> list[dict]:
+        return self.store.query("SELECT text, author, created FROM thought_history "
+                                "WHERE thought_id=? ORDER BY id", (thought_id,))
+
+    def follow_edit(self, chapter_id: int, old: str, new: str) -> None:
+        """Move the chapter's anchors along with the writer's edit of its text."""
+        rows = self.list(chapter_id)
+        if not rows or old == new:
+            return
+        moved = {r["id"]: reanchor(old, new, r["anchor"]) for r in rows}
+        with self.store.tx() as db:
+            for tid, anchor in moved.items():
+                db["thoughts"].update(tid, {"anchor": anchor})
+
+    def inline_tail(self, chapter_id: int, prose: str, recent: int = 3) -> str:
+        """The chapter text as the model reads it: its last ``recent`` thoughts inline."""
+        rows = [r for r in self.list(chapter_id) if r["anchor"] <= len(prose)][-recent:]
+        return with_thoughts(prose, [Thought(r["anchor"], r["text"]) for r in rows])
+
+    def margin_markdown(self, prose: str, chapter_id: int) -> str:
+        """Prose with each thought set apart as a margin note after its paragraph."""
+        out, last = [], 0
+        for r in self.list(chapter_id):
+            a = max(last, min(r["anchor"], len(prose)))
+            end = prose.find("\n", a)
+            end = len(prose) if end < 0 else end
+            out.append(prose[last:end])
+            out.append(f"\n\n> *Margin note:* {r['text']}\n")
+            last = end
+        out.append(prose[last:])
+        return "".join(out)
+
+
+def write_note(lm, passage: str, bible: dict, plan: bool = False, seed: int = 0,
+               cancel=None) -> str:
+    """Ask the model for one short note on a passage (or a plan for the next one)."""
+    from .writer import Result, Sampling, stream
+
+    tok = lm.tokenizer
+    msgs = note_messages(passage, bible, plan)
+    if getattr(tok, "chat_template", None):
+        ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    else:  # a base model: a plain-text notebook line
+        ids = tok(f"{msgs[-1]['content']}\nNote:", add_special_tokens=False)["input_ids"]
+    result = Result()
+    with lm.lock:
+        for _ in stream(lm, ids, Sampling(temperature=0.3, top_p=0.9,
+                                          max_new_tokens=NOTE_TOKENS, seed=seed),
+                        cancel, result=result):
+            pass
+    note = strip(result.text).strip()
+    if len(note) > 20 and result.stop_reason == "length":
+        cut = max(note.rfind(". "), note.rfind(".\n"))  # end on a whole sentence
+        note = note[:cut + 1] if cut > 20 else note
+    return note

@@ -1,0 +1,73 @@
+"""The memory panel in headless Chromium: add, pin/unpin, edit, preview the context,
+reload, delete; what the UI shows is checked against what the novel stored."""
+from __future__ import annotations
+
+import re
+
+from playwright.sync_api import expect
+
+FACT = "Elena's eyes are grey; she never learned to swim."
+EDITED = "Elena's eyes are green; she swims like a seal."
+
+
+def _open_panel(page):
+    page.locator("#memories").get_by_text("Memories", exact=True).first.click()
+    expect(page.locator("#memory-add")).to_be_visible()
+
+
+def _stored(projects, name):
+    from engine.store import Store
+
+    st = Store.open(projects / name)
+    try:
+        return st.query("SELECT id, pinned, text FROM memories ORDER BY id")
+    finally:
+        st.close()
+
+
+def test_memory_panel_round_trip(app_server, page):
+    url, projects = app_server
+    page.goto(url)
+    page.locator("#new-title textarea, #new-title input").first.fill("Salt Book")
+    page.locator("#create-novel").click()
+    expect(page.locator("#status")).to_contain_text("Created")
+    _open_panel(page)
+    mem_list, status = page.locator("#memory-list"), page.locator("#memory-status")
+
+    page.locator("#memory-new textarea").fill(FACT)
+    page.locator("#memory-add").click()
+    expect(status).to_contain_text("Fact added")
+    expect(mem_list).to_contain_text("📌 #1 fact: " + FACT)
+    assert _stored(projects, "Salt Book") == [{"id": 1, "pinned": 1, "text": FACT}]
+
+    page.locator("#preview-context").click()
+    expect(page.locator("#receipt")).to_contain_text("memory 1")
+    expect(page.locator("#receipt")).to_contain_text("pinned by the writer")
+
+    mem_list.get_by_text(FACT).click()
+    expect(page.locator("#memory-text textarea")).to_have_value(FACT)
+    page.locator("#memory-unpin").click()
+    expect(status).to_contain_text("Unpinned")
+    expect(mem_list).not_to_contain_text("📌 #1")
+    page.locator("#memory-text textarea").fill(EDITED)
+    page.locator("#memory-save").click()
+    expect(status).to_contain_text("Memory saved")
+    expect(mem_list).to_contain_text("#1 fact: " + EDITED)
+    assert _stored(projects, "Salt Book") == [{"id": 1, "pinned": 0, "text": EDITED}]
+
+    page.reload()
+    _open_panel(page)
+    expect(mem_list).to_contain_text("#1 fact: " + EDITED)
+    expect(mem_list).not_to_contain_text("📌 #1")
+    mem_list.get_by_text(EDITED).click()
+    page.locator("#memory-pin").click()
+    expect(mem_list).to_contain_text("📌 #1 fact: " + EDITED)
+    page.locator("#memory-search textarea, #memory-search input").first.fill("seal")
+    page.locator("#memory-search-btn").click()
+    expect(mem_list).to_contain_text(EDITED)
+
+    mem_list.get_by_text(EDITED).click()
+    page.locator("#memory-delete").click()
+    expect(status).to_contain_text("Memory deleted")
+    expect(mem_list).not_to_contain_text(re.compile("#1 fact"))
+    assert _stored(projects, "Salt Book") == []

@@ -1,0 +1,121 @@
+"""kNN memory inside the Novel: settings per novel, Continue reads the store, the
+store follows accepted passages, untrustworthy files are rebuilt on open."""
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+
+from engine.memory import attention
+from engine.memory.knn import KNNStore, store_folder
+from engine.novel import NovelError
+from engine.writer import Sampling
+
+OPENING = ("The lighthouse keeper Orrin Vale counted ships at dusk. His sister Maelis "
+           "mended nets below the cliff and sang about the drowned bells of Kestrow. ") * 4
+
+
+@pytest.fixture
+def book(novel):
+    cid = novel.add_chapter("One", OPENING)
+    novel.set_knn_settings(True, "1,3", 4)
+    return novel, cid
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """Every knn_memory block a Continue enters: the read state (searches made)."""
+    states = []
+    real = attention.knn_memory
+
+    @contextmanager
+    def spy(*a, **kw):
+        with real(*a, **kw) as st:
+            states.append(st)
+            yield st
+    monkeypatch.setattr(attention, "knn_memory", spy)
+    return states
+
+
+def _manuscript_tokens(novel):
+    return len(novel.model.get().tokenizer(novel.manuscript(),
+                                           add_special_tokens=False).input_ids)
+
+
+def test_settings_roundtrip_and_validation(novel):
+    s = novel.knn_settings()
+    assert s["on"] is False and s["layers"] and s["k"] >= 1
+    s = novel.set_knn_settings(True, "1-2", 8)
+    assert s == {"on": True, "layers": [1, 2], "k": 8, "depth": 4}
+    assert novel.knn_settings()["layers"] == [1, 2]
+    with pytest.raises(NovelError):
+        novel.set_knn_settings(True, "7", 8)  # the tiny model has 4 layers
+    with pytest.raises(NovelError):
+        novel.set_knn_settings(True, "two", 8)
+    assert novel.set_knn_settings(False, "", 8)["layers"] != [1, 2]  # '' -> defaults
+
+
+def test_continue_with_memory_reads_and_writes_through(book, reads):
+    novel, cid = book
+    events = list(novel.continue_chapter(cid, Sampling(max_new_tokens=12, seed=1),
+                                         budget=96))
+    done = events[-1]
+    assert done.done and novel.text(cid) == done.text and len(done.text) > len(OPENING)
+    assert reads and sum(st.stats["searches"] for st in reads) > 0
+    # the passage went into the store after it was accepted
+    info = novel.knn_info()
+    assert info["tokens"] == _manuscript_tokens(novel) and info["bytes"] > 0
+    assert info["layers"] == [1, 3]
+
+
+def test_memory_off_reads_nothing(book, reads):
+    novel, cid = book
+    novel.set_knn_settings(False)
+    list(novel.continue_chapter(cid, Sampling(max_new_tokens=4, seed=1), budget=96))
+    assert reads == [] and novel.knn_info()["tokens"] == 0
+
+
+def test_memory_updates_after_each_passage(book):
+    novel, cid = book
+    first = novel.knn_store()
+    n0 = len(first)
+    assert n0 == _manuscript_tokens(novel)
+    list(novel.continue_chapter(cid, Sampling(max_new_tokens=8, seed=2), budget=96))
+    n1 = novel.knn_info()["tokens"]
+    assert n1 == _manuscript_tokens(novel) > n0
+    # the new tokens were indexed incrementally: the old entries are the same arrays
+    st = novel.knn_store()
+    np.testing.assert_array_equal(st.keys[1][:, :n0 - 8], first.keys[1][:, :n0 - 8])
+
+
+def test_prefix_key_follows_memory(book):
+    novel, cid = book
+    lm = novel.model.get()
+    ids, receipt = novel.build_context(cid, 96)
+    _, k1 = novel._knn.reader(lm, cid, ids, receipt)
+    _, k2 = novel._knn.reader(lm, cid, ids, receipt)
+    assert k1 == k2
+    novel.set_knn_settings(True, "1,3", 6)
+    _, k3 = novel._knn.reader(lm, cid, ids, receipt)
+    assert k3 != k1
+    novel.set_knn_settings(False)
+    assert novel._knn.reader(lm, cid, ids, receipt) == (None, lm.fingerprint)
+
+
+def test_corrupt_store_rebuilt_on_open(book, library):
+    novel, cid = book
+    n = len(novel.knn_store())
+    folder = store_folder(novel.folder)
+    path = folder / "keys_1.npy"
+    data = bytearray(path.read_bytes())
+    data[-10:] = b"\x00" * 10
+    path.write_bytes(data)
+    name = novel.folder.name
+    novel.close()
+    library._open.pop(name)
+    again = library.open(name)
+    st = again.knn_store()
+    assert len(st) == n
+    KNNStore.load(folder)  # the files on disk verify again
+    progress = []
+    info = again.rebuild_knn(lambda done, total: progress.append((done, total)))
+    assert info["tokens"] == n and progress and progress[-1] == (n, n)

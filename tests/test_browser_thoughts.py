@@ -21,6 +21,8 @@ def test_edit_a_thought_and_it_persists(app_server, page):
 
     page.locator("#thought-pick input").click()
     page.get_by_role("option").first.click()
+    # The picked note loads into the editor box before the writer changes it.
+    expect(page.locator("#thought-text textarea")).not_to_have_value("")
     edit = "Elena must not open the letter until the storm ends."
     type_text(page.locator("#thought-text textarea"), edit)
     page.locator("#thought-save").click()

@@ -106,7 +106,7 @@ def continuity(lm, slot, args) -> dict:
     facts = FACTS[: args.facts]
     filler = _filler(args.filler_chapters + 2)  # the last one only bridges to each cue
     root = Path(tempfile.mkdtemp(prefix="continuity-"))
-    novel = Novel.create(root / "book", "The Lighthouse at Pellmarsh",
+    novel = Novel.create(root / "book", "The Lighthouse",
                          "A keeper's daughter grows up on a wild coast.", "Plain, close third "
                          "person.", model=slot)
     paras = filler[0].split("\n\n")

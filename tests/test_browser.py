@@ -5,43 +5,16 @@ import re
 
 from playwright.sync_api import expect
 
-OPENING = "The keeper climbed the stairs of the lighthouse."
-
-
-def editor(page):
-    return page.locator("#editor textarea")
-
-
-def type_text(locator, text):
-    """Type as a writer does (Gradio saves on keyboard input, not on a scripted fill)."""
-    locator.fill(text[:-8])
-    locator.press_sequentially(text[-8:])
-
-
-def status(page):
-    return page.locator("#status")
-
-
-def create_novel(page, url, title="The Lighthouse", name=""):
-    page.goto(url)
-    page.locator("#new-title textarea, #new-title input").first.fill(title)
-    page.locator("#new-premise textarea").fill("A keeper guards a secret.")
-    if name:
-        page.locator("#new-name textarea, #new-name input").first.fill(name)
-    page.locator("#create-novel").click()
+from ui_helpers import (OPENING, continue_and_wait, create_novel, editor, set_max_tokens,
+                        start_chapter, status)
 
 
 def test_create_continue_stop_reload_undo(app_server, page):
     url, projects = app_server
-    create_novel(page, url)
-    expect(status(page)).to_contain_text("Created")
+    start_chapter(page, url, "The Lighthouse")
     expect(page.locator("#chapters")).to_contain_text("Chapter 1")
 
-    type_text(editor(page), OPENING)
-    expect(status(page)).to_contain_text("Saved")
-
-    page.locator("#max-tokens input[type=number]").fill("1024")
-    page.locator("#max-tokens input[type=number]").press("Enter")
+    set_max_tokens(page, 1024)
     page.locator("#continue").click()
     # Tokens stream in: the chapter grows past the opening while the model writes.
     expect(editor(page)).to_have_value(re.compile(re.escape(OPENING) + r".{8,}", re.S),
@@ -66,14 +39,8 @@ def test_create_continue_stop_reload_undo(app_server, page):
 
 def test_retry_replaces_last_passage(app_server, page):
     url, _ = app_server
-    create_novel(page, url, "Retry Book")
-    expect(status(page)).to_contain_text("Created")
-    type_text(editor(page), OPENING)
-    expect(status(page)).to_contain_text("Saved")
-    page.locator("#max-tokens input[type=number]").fill("16")
-    page.locator("#max-tokens input[type=number]").press("Enter")
-    page.locator("#continue").click()
-    expect(status(page)).to_contain_text("tok/s", timeout=60_000)
+    start_chapter(page, url, "Retry Book")
+    continue_and_wait(page)
     first = editor(page).input_value()
     assert len(first) > len(OPENING)
     page.locator("#retry").click()

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from test_browser import OPENING, create_novel, editor, status, type_text
+from ui_helpers import continue_and_wait, editor, start_chapter, type_text
 
 
 def test_edit_a_thought_and_it_persists(app_server, page):
     url, _ = app_server
-    create_novel(page, url, "Notes Book")
-    expect(status(page)).to_contain_text("Created")
-    type_text(editor(page), OPENING)
-    expect(status(page)).to_contain_text("Saved")
-    page.locator("#max-tokens input[type=number]").fill("16")
-    page.locator("#max-tokens input[type=number]").press("Enter")
-    page.locator("#continue").click()
-    expect(status(page)).to_contain_text("tok/s", timeout=120_000)
+    start_chapter(page, url, "Notes Book")
+    continue_and_wait(page)
     expect(page.locator("#thoughts-list")).to_contain_text("💭", timeout=60_000)
 
     page.locator("#thought-pick input").click()

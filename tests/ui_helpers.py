@@ -1,0 +1,49 @@
+"""What a writer does in the browser, shared by the browser tests."""
+from __future__ import annotations
+
+from playwright.sync_api import expect
+
+OPENING = "The keeper climbed the stairs of the lighthouse."
+
+
+def editor(page):
+    return page.locator("#editor textarea")
+
+
+def status(page):
+    return page.locator("#status")
+
+
+def type_text(locator, text):
+    """Type as a writer does (Gradio saves on keyboard input, not on a scripted fill)."""
+    locator.fill(text[:-8])
+    locator.press_sequentially(text[-8:])
+
+
+def create_novel(page, url, title="The Lighthouse", name=""):
+    page.goto(url)
+    page.locator("#new-title textarea, #new-title input").first.fill(title)
+    page.locator("#new-premise textarea").fill("A keeper guards a secret.")
+    if name:
+        page.locator("#new-name textarea, #new-name input").first.fill(name)
+    page.locator("#create-novel").click()
+
+
+def start_chapter(page, url, title):
+    """A new novel whose first chapter holds the typed OPENING, saved."""
+    create_novel(page, url, title)
+    expect(status(page)).to_contain_text("Created")
+    type_text(editor(page), OPENING)
+    expect(status(page)).to_contain_text("Saved")
+
+
+def set_max_tokens(page, n: int):
+    page.locator("#max-tokens input[type=number]").fill(str(n))
+    page.locator("#max-tokens input[type=number]").press("Enter")
+
+
+def continue_and_wait(page, tokens: int = 16, timeout: int = 120_000):
+    """Press Continue and wait for the passage to finish."""
+    set_max_tokens(page, tokens)
+    page.locator("#continue").click()
+    expect(status(page)).to_contain_text("tok/s", timeout=timeout)

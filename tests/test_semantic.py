@@ -66,7 +66,8 @@ def test_text_edited_out_of_the_book_is_not_recalled(novel):
 
 
 def test_receipt_lists_exactly_the_prompt_ids(novel):
-    cid = _book(novel)
+    cid = novel.add_chapter("The crossing", "")
+    novel.set_recall_settings(k=1)  # one similar hit; its link comes in as tier 1
     pin = novel.add_memory("The lighthouse lamp is green.", pin=True)
     a = novel.add_memory("Elena keeps a slate-grey stone from the swimming lesson she fled.")
     b = novel.add_memory("The stone came from her brother Tomas.")

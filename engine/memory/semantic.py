@@ -141,7 +141,17 @@ _SENT = re.compile(r"[^.!?\n]+(?:[.!?]+[\"'”’)]*|\n+|$)")
 
 
 def chunks(text: str, max_chars: int = CHUNK_CHARS) -> list[tuple[int, int]]:
-    """Sentence groups of at most ~max_chars, as (start, end) offsets; never empty text."""
+    """Sentence groups of at most ~max_chars inside one paragraph (a paragraph break is
+    always a boundary: mixing a fact into its neighbours' chunk dilutes its embedding),
+    as (start, end) offsets; never empty text."""
+    out, pos = [], 0
+    for m in re.finditer(r"\n\s*\n", text + "\n\n"):
+        out += [(pos + s, pos + e) for s, e in _chunks(text[pos:m.start()], max_chars)]
+        pos = m.end()
+    return out[: 1 << CHUNK_BITS]
+
+
+def _chunks(text: str, max_chars: int) -> list[tuple[int, int]]:
     spans, start, end = [], None, None
     for m in _SENT.finditer(text):
         s, e = m.start(), m.end()
@@ -171,7 +181,7 @@ def chunks(text: str, max_chars: int = CHUNK_CHARS) -> list[tuple[int, int]]:
             e -= 1
         if e > s:
             out.append((s, e))
-    return out[: 1 << CHUNK_BITS]
+    return out
 
 
 _NAME = re.compile(r"\b([A-Z][a-z]{2,})(?:['’]s)?\b")
@@ -188,6 +198,20 @@ Indeed Never Always Nothing Something Everything Someone Everyone Nobody""".spli
 def names(text: str) -> frozenset[str]:
     """Capitalised words that are likely names: a cheap, language-model-free entity guess."""
     return frozenset(n for n in _NAME.findall(text) if n not in _NOT_NAMES)
+
+
+def queries(text: str, window: int = 600) -> list[str]:
+    """What recall searches with: the recent window, the paragraph being written and its
+    last sentence. Max-merged, so a cue in the last line is not drowned by the window."""
+    text = text.rstrip()
+    para = text[text.rfind("\n\n") + 2:] if "\n\n" in text else text
+    sents = [m.group(0).strip() for m in _SENT.finditer(para[-FOCUS_CHARS * 2:])
+             if m.group(0).strip()]
+    out = []
+    for q in (text[-window:], para[-FOCUS_CHARS * 2:], sents[-1] if sents else ""):
+        if q.strip() and q not in out:
+            out.append(q)
+    return out
 
 
 # -- settings and results -------------------------------------------------------------------
@@ -573,8 +597,7 @@ class SemanticMemory:
             used += cost
             return True
 
-        # The recent window, and its last sentence or two: what is being written right now.
-        for k, score in self.search([query[-s.query_chars:], query[-FOCUS_CHARS:]], s.k * 3):
+        for k, score in self.search(queries(query, s.query_chars), s.k * 3):
             if len([h for h in hits if h.tier == 0]) >= s.k:
                 break
             if score >= s.min_score:

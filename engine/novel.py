@@ -529,6 +529,8 @@ class Novel:
         else:
             msg = {"cancelled": "Stopped.", "eos": "The model finished the passage.",
                    "length": "Reached the token limit."}.get(status, "Done.")
+        if receipt.get("warnings"):  # e.g. pins alone over budget: the writer must know
+            msg += " ⚠ " + " ".join(receipt["warnings"])
         yield Event(text=text, done=True, status=msg, receipt=receipt, result=result,
                     stats=stats)
 

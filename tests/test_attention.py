@@ -133,7 +133,8 @@ def test_presets_scale_with_depth():
     assert KNNSettings(mode="inject", preset="steer").read_layers(30) == (18, 20, 22)
     assert KNNSettings(mode="inject", preset="recall").read_layers(12) == (10,)
     assert KNNSettings(mode="inject", preset="steer").read_layers(12) == (7, 8, 9)
-    assert KNNSettings().read_layers(30) == (22,)
+    assert KNNSettings().read_layers(30) == tuple(range(15, 30))  # measured default
+    assert KNNSettings().read_layers(4) == (2, 3)
 
 
 @torch.no_grad()

@@ -282,7 +282,7 @@ def _attend(st, layer, query, key, value, mask, scaling, q_pos, key_pos):
             if exact:
                 where = (pos - st.offset).float()
             else:
-                where = placed[sl].repeat(nh * B)[:, None].expand(-1, ids.shape[1]).float()
+                where = placed[sl].repeat(nh * B)[:, None].float()  # (n, 1): one angle per query
             km = rotate(u, where, st.inv_freq)
             lm_ = torch.einsum("nd,nkd->nk", qh.reshape(-1, d), km) * scaling
             lm_ = lm_.masked_fill(torch.from_numpy(ids < 0), float("-inf"))

@@ -147,6 +147,10 @@ class ProjectKNN:
         if n == 0:
             return None, key
 
+        # offset also hides entries within (prompt start) tokens of the horizon, as if
+        # the bible and pins were manuscript: pass it only where positions need it.
+        offset = offset if settings.position == "exact" else None
+
         def ctx():
             return knn_memory(lm, store, settings, offset=offset, horizon=horizon)
         return ctx, key

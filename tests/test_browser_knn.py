@@ -6,13 +6,9 @@ import re
 
 from playwright.sync_api import expect
 
+from ui_helpers import type_text
+
 OPENING = "The keeper of the north light kept a ledger of every ship that never came home. "
-
-
-def _type(locator, text):
-    """Type as a writer does (Gradio saves on keyboard input, not on a scripted fill)."""
-    locator.fill(text[:-8])
-    locator.press_sequentially(text[-8:])
 
 
 def _stored(projects, name):
@@ -31,7 +27,7 @@ def test_knn_panel_on_k_rebuild(app_server, page):
     page.locator("#new-title textarea, #new-title input").first.fill("North Light")
     page.locator("#create-novel").click()
     expect(page.locator("#status")).to_contain_text("Created")
-    _type(page.locator("#editor textarea"), OPENING)
+    type_text(page.locator("#editor textarea"), OPENING)
     expect(page.locator("#status")).to_contain_text("Saved")
 
     page.locator("#knn-panel").get_by_text("Long memory (kNN)", exact=True).first.click()

@@ -10,7 +10,6 @@ HNSW) above it; the build time of each index is reported too.
 """
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -116,19 +115,3 @@ def knn_speed(lm, args) -> dict:
     out["retrieval"] = retrieval_speed(lm, settings, sizes)
     return out
 
-
-def run(args) -> int:
-    from ..models import load
-
-    lm = load(getattr(args, "model", None))
-    out = {"model": lm.name} | knn_speed(lm, args)
-    if args.json:
-        print(json.dumps(out))
-    else:
-        print(f"decode tokens/s: kNN off {out['decode_off_tokens_per_s']}, on "
-              f"{out['decode_on_tokens_per_s']} (ratio {out['on_off_ratio']}; layers "
-              f"{out['layers']}, k {out['k']}, {out['store_tokens']} stored tokens)")
-        for r in out["retrieval"]:
-            print(f"retrieval at {r['vectors']:>9,} vectors/head ({r['index']}): "
-                  f"{r['ms_per_token']:.3f} ms/token (build {r['build_s']}s)")
-    return 0

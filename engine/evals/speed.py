@@ -1,10 +1,11 @@
-"""Prefill and decode tokens/s of the loaded model (fixed seed, plain attention)."""
+"""Prefill and decode tokens/s of the loaded model, and the cost of kNN memory."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import platform
-import time
+
+from ..score import add_knn_arguments
+from .knn_speed import add_speed_arguments, knn_speed
 
 
 def add_arguments(p) -> None:
@@ -12,12 +13,8 @@ def add_arguments(p) -> None:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", action="store_true")
-    if importlib.util.find_spec("engine.evals.knn_speed") is not None:
-        from ..score import add_knn_arguments
-        from .knn_speed import add_speed_arguments
-
-        add_speed_arguments(p)  # --knn-store-tokens, --knn-sizes, ...
-        add_knn_arguments(p)
+    add_speed_arguments(p)  # --knn-store-tokens, --knn-sizes, ...
+    add_knn_arguments(p)
 
 
 def measure(lm, prompt_tokens: int = 512, new_tokens: int = 128, repeats: int = 3,
@@ -59,10 +56,7 @@ def run(args) -> int:
            "threads": torch.get_num_threads(), "machine": platform.processor() or
            platform.machine()}
     out.update(measure(lm, args.prompt_tokens, args.new_tokens, args.repeats))
-    if importlib.util.find_spec("engine.evals.knn_speed") is not None:
-        from .knn_speed import knn_speed
-
-        out["knn"] = knn_speed(lm, args)
+    out["knn"] = knn_speed(lm, args)  # the same model with kNN memory off and on
     if args.json:
         print(json.dumps(out))
     else:

@@ -6,19 +6,13 @@ import re
 
 from playwright.sync_api import expect
 
-from ui_helpers import type_text
+from ui_helpers import on_disk, type_text
 
 OPENING = "The keeper of the north light kept a ledger of every ship that never came home. "
 
 
 def _stored(projects, name):
-    from engine.store import Store
-
-    st = Store.open(projects / name)
-    try:
-        return st.get_setting("knn"), st.chapters()[0]["text"]
-    finally:
-        st.close()
+    return on_disk(projects, name, lambda st: (st.get_setting("knn"), st.chapters()[0]["text"]))
 
 
 def test_knn_panel_on_k_rebuild(app_server, page):

@@ -6,6 +6,8 @@ import re
 
 from playwright.sync_api import expect
 
+from ui_helpers import on_disk
+
 FACT = "Elena's eyes are grey; she never learned to swim."
 EDITED = "Elena's eyes are green; she swims like a seal."
 
@@ -16,13 +18,8 @@ def _open_panel(page):
 
 
 def _stored(projects, name):
-    from engine.store import Store
-
-    st = Store.open(projects / name)
-    try:
-        return st.query("SELECT id, pinned, text FROM memories ORDER BY id")
-    finally:
-        st.close()
+    return on_disk(projects, name, lambda st: st.query(
+        "SELECT id, pinned, text FROM memories ORDER BY id"))
 
 
 def test_memory_panel_round_trip(app_server, page):

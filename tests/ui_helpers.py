@@ -47,3 +47,14 @@ def continue_and_wait(page, tokens: int = 16, timeout: int = 120_000):
     set_max_tokens(page, tokens)
     page.locator("#continue").click()
     expect(status(page)).to_contain_text("tok/s", timeout=timeout)
+
+
+def on_disk(projects, name, read):
+    """``read(store)`` on the novel's own files: what the UI claims is checked there."""
+    from engine.store import Store
+
+    st = Store.open(projects / name)
+    try:
+        return read(st)
+    finally:
+        st.close()

@@ -6,7 +6,7 @@ import re
 
 from playwright.sync_api import expect
 
-from ui_helpers import on_disk, type_text
+from ui_helpers import create_novel, on_disk, type_text
 
 OPENING = "The keeper of the north light kept a ledger of every ship that never came home. "
 
@@ -17,9 +17,7 @@ def _stored(projects, name):
 
 def test_knn_panel_on_k_rebuild(app_server, page):
     url, projects = app_server
-    page.goto(url)
-    page.locator("#new-title textarea, #new-title input").first.fill("North Light")
-    page.locator("#create-novel").click()
+    create_novel(page, url, "North Light")
     expect(page.locator("#status")).to_contain_text("Created")
     type_text(page.locator("#editor textarea"), OPENING)
     expect(page.locator("#status")).to_contain_text("Saved")

@@ -6,7 +6,7 @@ import re
 
 from playwright.sync_api import expect
 
-from ui_helpers import on_disk
+from ui_helpers import create_novel, on_disk
 
 FACT = "Elena's eyes are grey; she never learned to swim."
 EDITED = "Elena's eyes are green; she swims like a seal."
@@ -24,9 +24,7 @@ def _stored(projects, name):
 
 def test_memory_panel_round_trip(app_server, page):
     url, projects = app_server
-    page.goto(url)
-    page.locator("#new-title textarea, #new-title input").first.fill("Salt Book")
-    page.locator("#create-novel").click()
+    create_novel(page, url, "Salt Book")
     expect(page.locator("#status")).to_contain_text("Created")
     _open_panel(page)
     mem_list, status = page.locator("#memory-list"), page.locator("#memory-status")

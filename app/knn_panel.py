@@ -57,11 +57,14 @@ def wire(lib, k: dict, novel_dd) -> None:
         if not name:
             return view(name, "<span class='err'>⚠ Open a novel first.</span>")
         try:
-            lib.open(name).set_knn_settings(bool(on), layers or "", int(kk))
+            novel = lib.open(name)
+            novel.set_knn_settings(bool(on), layers or "", int(kk))
+            s = novel.knn_settings()
         except USER_ERRORS as e:
             return view(name, f"<span class='err'>⚠ {e}</span>")
-        return view(name, "<span class='ok'>Long memory " + ("on." if on else "off.")
-                    + "</span>")
+        where = _layers_text(s["layers"]) if s["layers"] else "default layers"
+        return view(name, f"<span class='ok'>Long memory {'on' if on else 'off'}: {where}, "
+                          f"k {s['k']}.</span>")
 
     def on_rebuild(name, progress=gr.Progress()):
         if not name:

@@ -32,7 +32,7 @@ def test_knn_panel_on_k_rebuild(app_server, page):
     page.locator("#knn-k input[type=number]").fill("12")
     page.locator("#knn-layers textarea, #knn-layers input").first.fill("9-11")
     page.locator("#knn-apply").click()
-    expect(status).to_contain_text("Long memory on")
+    expect(status).to_contain_text("Long memory on: 9-11, k 12.")
     expect(page.locator("#knn-layers textarea, #knn-layers input").first).to_have_value("9-11")
     setting, text = _stored(projects, "North Light")
     assert setting == {"on": True, "layers": [9, 10, 11], "k": 12}

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from engine.models import ModelError
-from engine.store import ProjectError
+from app.messages import USER_ERRORS, err, ok
 
-USER_ERRORS = (ProjectError, ModelError, ValueError, OSError)
+
 
 
 def panel() -> dict:
@@ -55,28 +54,27 @@ def wire(lib, k: dict, novel_dd) -> None:
 
     def on_apply(name, on, layers, kk):
         if not name:
-            return view(name, "<span class='err'>⚠ Open a novel first.</span>")
+            return view(name, err("Open a novel first."))
         try:
             novel = lib.open(name)
             novel.set_knn_settings(bool(on), layers or "", int(kk))
             s = novel.knn_settings()
         except USER_ERRORS as e:
-            return view(name, f"<span class='err'>⚠ {e}</span>")
+            return view(name, err(e))
         where = _layers_text(s["layers"]) if s["layers"] else "default layers"
-        return view(name, f"<span class='ok'>Long memory {'on' if on else 'off'}: {where}, "
-                          f"k {s['k']}.</span>")
+        return view(name, ok(f"Long memory {'on' if on else 'off'}: {where}, k {s['k']}."))
 
     def on_rebuild(name, progress=gr.Progress()):
         if not name:
-            return view(name, "<span class='err'>⚠ Open a novel first.</span>")
+            return view(name, err("Open a novel first."))
         try:
             novel = lib.open(name)
             progress(0, desc="Indexing the manuscript")
             info = novel.rebuild_knn(lambda done, total: progress(
                 done / max(1, total), desc=f"Indexing {done:,}/{total:,} tokens"))
         except USER_ERRORS as e:
-            return view(name, f"<span class='err'>⚠ {e}</span>")
-        return view(name, f"<span class='ok'>Rebuilt: {info['tokens']:,} tokens.</span>")
+            return view(name, err(e))
+        return view(name, ok(f"Rebuilt: {info['tokens']:,} tokens."))
 
     novel_dd.change(view, novel_dd, outs)
     k["apply"].click(on_apply, [novel_dd, k["on"], k["layers"], k["k"]], outs)

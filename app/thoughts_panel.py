@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import gradio as gr
 
-from engine.novel import NovelError
-from engine.store import ProjectError
+from app.messages import USER_ERRORS, err, ok
 
-USER_ERRORS = (ProjectError, ValueError, OSError)
+from engine.novel import NovelError
+
 
 
 def layout() -> dict:
@@ -80,9 +80,9 @@ def wire(lib, t, novel_dd, chapter_radio, after: list) -> None:
                     raise NovelError("Open a novel and pick a chapter first.")
                 novel = lib.open(name)
                 pick = fn(novel, cid, pick, text)
-                return refresh(name, cid, show, pick, f"<span class='ok'>{message}</span>")
+                return refresh(name, cid, show, pick, ok(message))
             except USER_ERRORS as e:
-                return (*[gr.update()] * 3, f"<span class='err'>⚠ {e}</span>",
+                return (*[gr.update()] * 3, err(e),
                         gr.update(), gr.update())
         return handler
 

@@ -9,13 +9,11 @@ from pathlib import Path
 import gradio as gr
 
 from app import knn_panel, thoughts_panel
+from app.messages import USER_ERRORS, err, ok
 from engine.novel import Library, NovelError
-from engine.store import ProjectError
-from engine.models import ModelError
 from engine.writer import Sampling
 
 CSS_PATH = Path(__file__).resolve().parent.parent / "assets" / "style.css"
-USER_ERRORS = (ProjectError, ModelError, ValueError, OSError)
 RANDOM_SEED = -1
 
 
@@ -40,14 +38,6 @@ def _recall(lib: Library) -> dict:
 def _chapter_choices(novel) -> list[tuple[str, int]]:
     return [(f"{c['position']}. {c['title']} ({c['words']:,} words)", c["id"])
             for c in novel.chapters()]
-
-
-def _ok(msg: str) -> str:
-    return f"<span class='ok'>{msg}</span>"
-
-
-def _err(e: Exception | str) -> str:
-    return f"<span class='err'>⚠ {e}</span>"
 
 
 def build(lib: Library) -> gr.Blocks:
@@ -169,7 +159,7 @@ def build(lib: Library) -> gr.Blocks:
                 view = chapter_view(name, last.get("chapter"))
             except USER_ERRORS as e:
                 return (gr.Dropdown(choices=names, value=None), *chapter_view(None, None),
-                        "", "", "", _err(e))
+                        "", "", "", err(e))
             busy = name and lib.open(name).busy
             msg = "The model is still writing here; press Stop to halt it." if busy else ""
             return (gr.Dropdown(choices=names, value=name), *view, *bible_view(name), msg)
@@ -182,7 +172,7 @@ def build(lib: Library) -> gr.Blocks:
             try:
                 return (*chapter_view(name, None), *bible_view(name), "")
             except USER_ERRORS as e:
-                return (*chapter_view(None, None), "", "", "", _err(e))
+                return (*chapter_view(None, None), "", "", "", err(e))
 
         picked_novel = novel_dd.input(on_pick_novel, novel_dd, page_outputs[1:])
 
@@ -192,10 +182,10 @@ def build(lib: Library) -> gr.Blocks:
                 novel = lib.open(name)
                 novel.add_chapter("Chapter 1")
             except USER_ERRORS as e:
-                return (gr.Dropdown(), *[gr.update()] * 3, *[gr.update()] * 3, _err(e),
+                return (gr.Dropdown(), *[gr.update()] * 3, *[gr.update()] * 3, err(e),
                         *[gr.update()] * 5)
             return (gr.Dropdown(choices=lib.names(), value=name), *chapter_view(name, None),
-                    *bible_view(name), _ok(f"Created “{title.strip()}”."), "", "", "", "",
+                    *bible_view(name), ok(f"Created “{title.strip()}”."), "", "", "", "",
                     gr.Accordion(open=False))
 
         create_btn.click(on_create, [new_title, new_premise, new_style, new_name],
@@ -205,9 +195,9 @@ def build(lib: Library) -> gr.Blocks:
         def on_save_bible(name, title, premise, style):
             try:
                 lib.open(name).set_bible(title, premise, style)
-                return _ok("Story bible saved.")
+                return ok("Story bible saved.")
             except USER_ERRORS as e:
-                return _err(e)
+                return err(e)
 
         bible_save.click(on_save_bible, [novel_dd, bible_title, bible_premise, bible_style],
                          status)
@@ -222,9 +212,9 @@ def build(lib: Library) -> gr.Blocks:
                         raise NovelError("Open or create a novel first.")
                     novel = lib.open(name)
                     cid = fn(novel, cid, *extra)
-                    return (*chapter_view(name, cid), _ok(message) if message else "")
+                    return (*chapter_view(name, cid), ok(message) if message else "")
                 except USER_ERRORS as e:
-                    return gr.update(), gr.update(), gr.update(), _err(e)
+                    return gr.update(), gr.update(), gr.update(), err(e)
             return handler
 
         picked_chapter = chapter_radio.input(chapter_action(lambda n, cid: cid, ""),
@@ -247,7 +237,7 @@ def build(lib: Library) -> gr.Blocks:
 
         def ask_delete(name, cid):
             if not name or cid is None:
-                return gr.Row(visible=False), "", _err("Pick a chapter first.")
+                return gr.Row(visible=False), "", err("Pick a chapter first.")
             title = lib.open(name).store.chapter(cid)["title"]
             return (gr.Row(visible=True), f"Delete **{title}** and all its history?", "")
 
@@ -259,12 +249,12 @@ def build(lib: Library) -> gr.Blocks:
 
         def on_edit(name, cid, text):
             if not name or cid is None:
-                return _err("Open or add a chapter first: this text is not saved yet.")
+                return err("Open or add a chapter first: this text is not saved yet.")
             try:
                 lib.open(name).save_text(cid, text)
-                return _ok("Saved.")
+                return ok("Saved.")
             except USER_ERRORS as e:
-                return _err(e)
+                return err(e)
 
         # Gradio's input event follows the keyboard; blur also catches a mouse paste.
         for event in (editor.input, editor.blur):
@@ -286,7 +276,7 @@ def build(lib: Library) -> gr.Blocks:
                 chapters = (gr.Radio(choices=_chapter_choices(novel)) if ev.done
                             else gr.update())
                 yield (gr.Textbox(value=ev.text, interactive=ev.done),
-                       _ok(st) if ev.done else st, _receipt(last_receipt), chapters)
+                       ok(st) if ev.done else st, _receipt(last_receipt), chapters)
 
         def start(name, cid, t, p, n, s, retry=False):
             try:
@@ -295,12 +285,12 @@ def build(lib: Library) -> gr.Blocks:
                 novel = lib.open(name)
                 job = novel.start(cid, sampling(t, p, n, s), retry=retry)
             except USER_ERRORS as e:
-                yield gr.Textbox(interactive=True), _err(e), gr.update(), gr.update()
+                yield gr.Textbox(interactive=True), err(e), gr.update(), gr.update()
                 return
             try:
                 yield from watch(novel, job)
             except USER_ERRORS as e:
-                yield gr.Textbox(interactive=True), _err(e), gr.update(), gr.update()
+                yield gr.Textbox(interactive=True), err(e), gr.update(), gr.update()
 
         gen_inputs = [novel_dd, chapter_radio, temperature, top_p, max_tokens, seed]
         gen_outputs = [editor, status, receipt_md, chapter_radio]
@@ -324,9 +314,9 @@ def build(lib: Library) -> gr.Blocks:
                     can_undo, can_redo = novel.can_undo_redo(need(cid))
                     if not (can_undo if verb == "undo" else can_redo):
                         return gr.update(), f"Nothing to {verb}."
-                    return getattr(novel, verb)(cid), _ok(f"{verb.capitalize()} done.")
+                    return getattr(novel, verb)(cid), ok(f"{verb.capitalize()} done.")
                 except USER_ERRORS as e:
-                    return gr.update(), _err(e)
+                    return gr.update(), err(e)
             return handler
 
         undo_btn.click(history("undo"), [novel_dd, chapter_radio], [editor, status])
@@ -342,9 +332,9 @@ def build(lib: Library) -> gr.Blocks:
                 novel = lib.open(name)
                 paths = [f if isinstance(f, str) else f.name for f in files]
                 ids = novel.import_files(paths, progress=gr.Progress().tqdm)
-                return (*chapter_view(name, ids[-1]), _ok(f"Imported {len(ids)} chapter(s)."))
+                return (*chapter_view(name, ids[-1]), ok(f"Imported {len(ids)} chapter(s)."))
             except USER_ERRORS as e:
-                return gr.update(), gr.update(), gr.update(), _err(e)
+                return gr.update(), gr.update(), gr.update(), err(e)
 
         import_btn.click(on_import, [novel_dd, import_files], chapter_outputs)
 
@@ -356,9 +346,9 @@ def build(lib: Library) -> gr.Blocks:
                     text = lib.open(name).export(fmt)
                     out = Path(tempfile.mkdtemp(prefix="mnemosyne-")) / f"{name}.{fmt}"
                     out.write_text(text, encoding="utf-8")
-                    return gr.File(value=str(out), visible=True), _ok(f"Exported {out.name}.")
+                    return gr.File(value=str(out), visible=True), ok(f"Exported {out.name}.")
                 except USER_ERRORS as e:
-                    return gr.File(visible=False), _err(e)
+                    return gr.File(visible=False), err(e)
             return handler
 
         export_md.click(exporter("md"), novel_dd, [export_file, status])
@@ -438,9 +428,9 @@ def _wire_memory(lib, m, novel_dd, chapter_radio, editor, receipt_md, receipt_ac
                     raise NovelError("Open a novel first.")
                 novel = lib.open(name)
                 key = fn(novel, key, text, *extra) or key
-                return listing(name, query, key, _ok(message))
+                return listing(name, query, key, ok(message))
             except USER_ERRORS as e:
-                return gr.update(), gr.update(), _err(e)
+                return gr.update(), gr.update(), err(e)
         return handler
 
     def need(key):
@@ -475,7 +465,7 @@ def _wire_memory(lib, m, novel_dd, chapter_radio, editor, receipt_md, receipt_ac
         try:
             return listing(name, query)
         except USER_ERRORS as e:
-            return gr.update(), gr.update(), _err(e)
+            return gr.update(), gr.update(), err(e)
 
     novel_dd.change(refresh, [novel_dd, m["query"]], outs)
     m["search"].click(refresh, [novel_dd, m["query"]], outs)
@@ -488,10 +478,10 @@ def _wire_memory(lib, m, novel_dd, chapter_radio, editor, receipt_md, receipt_ac
             if not name or cid is None:
                 raise NovelError("Open a novel and pick a chapter first.")
             receipt = lib.open(name).preview_context(cid)
-            return _receipt(receipt), gr.Accordion(open=True), _ok("The next Continue reads "
+            return _receipt(receipt), gr.Accordion(open=True), ok("The next Continue reads "
                                                                    "this context.")
         except USER_ERRORS as e:
-            return gr.update(), gr.update(), _err(e)
+            return gr.update(), gr.update(), err(e)
 
     m["preview"].click(preview, [novel_dd, chapter_radio], [receipt_md, receipt_acc,
                                                             m["status"]])

@@ -185,9 +185,7 @@ class Novel:
     def can_undo_redo(self, chapter_id: int) -> tuple[bool, bool]:
         ch = self.store.chapter(chapter_id)
         parent = self.store.revision(ch["head_rev"])["parent_id"]
-        kids = self.store.query("SELECT 1 FROM revisions WHERE parent_id=? LIMIT 1",
-                                (ch["head_rev"],))
-        return parent is not None, bool(kids)
+        return parent is not None, self.store.latest_child(ch["head_rev"]) is not None
 
     def _idle_or_fail(self) -> None:
         if self._busy.locked():
@@ -592,8 +590,7 @@ class Novel:
         head = self.store.revision(self.store.chapter(chapter_id)["head_rev"])
         if head["author"] != "model":
             raise NovelError("The last change was not written by the model; nothing to retry.")
-        if self._busy.locked():
-            raise NovelError("The model is already writing; press Stop first.")
+        self._idle_or_fail()
         self.store.undo(chapter_id)
         yield from self.continue_chapter(chapter_id, sampling, budget=budget, action="retry")
 

@@ -297,9 +297,8 @@ class Store:
         if ch["text"] == text:
             return ch["head_rev"]
         head = self.revision(ch["head_rev"])
-        has_children = self.query("SELECT 1 FROM revisions WHERE parent_id=? LIMIT 1",
-                                  (head["id"],))
-        if (head["author"] == "writer" and head["action"] == "edit" and not has_children
+        if (head["author"] == "writer" and head["action"] == "edit"
+                and self.latest_child(head["id"]) is None
                 and now() - head["created"] < EDIT_COALESCE_S):
             self.update_revision(head["id"], text)
             return head["id"]
@@ -313,14 +312,18 @@ class Store:
             db["chapters"].update(chapter_id, {"head_rev": head["parent_id"], "updated": now()})
         return True
 
-    def redo(self, chapter_id: int) -> bool:
-        head = self.chapter(chapter_id)["head_rev"]
+    def latest_child(self, rev_id: int) -> int | None:
+        """The newest revision made on top of ``rev_id``: where Redo goes."""
         kids = self.query("SELECT id FROM revisions WHERE parent_id=? ORDER BY id DESC LIMIT 1",
-                          (head,))
-        if not kids:
+                          (rev_id,))
+        return kids[0]["id"] if kids else None
+
+    def redo(self, chapter_id: int) -> bool:
+        child = self.latest_child(self.chapter(chapter_id)["head_rev"])
+        if child is None:
             return False
         with self.tx() as db:
-            db["chapters"].update(chapter_id, {"head_rev": kids[0]["id"], "updated": now()})
+            db["chapters"].update(chapter_id, {"head_rev": child, "updated": now()})
         return True
 
     def history(self, chapter_id: int) -> list[dict]:

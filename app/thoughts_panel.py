@@ -19,6 +19,10 @@ def layout() -> dict:
             t["on"] = gr.Checkbox(label="Note after each passage", value=True,
                                   elem_id="thoughts-on")
             t["plan"] = gr.Checkbox(label="Plan first", value=False, elem_id="thoughts-plan")
+            t["mode"] = gr.Dropdown(label="Notes written by", value="prompt",
+                                    choices=[("a summarising prompt", "prompt"),
+                                             ("the model itself (tuned by 'train thoughts')",
+                                              "self")], elem_id="thoughts-mode")
         t["notes"] = gr.Markdown("", elem_id="thoughts-list")
         t["pick"] = gr.Dropdown(label="Note", choices=[], elem_id="thought-pick")
         t["text"] = gr.Textbox(label="Edit the note (or write your own to steer the story)",
@@ -52,7 +56,8 @@ def wire(lib, t, novel_dd, chapter_radio, after: list) -> None:
 
     def refresh(name, cid, show, pick=None, msg=""):
         if not name or cid is None:
-            return "", gr.Dropdown(choices=[], value=None), "", msg, gr.update(), gr.update()
+            return ("", gr.Dropdown(choices=[], value=None), "", msg, gr.update(), gr.update(),
+                    gr.update())
         novel = lib.open(name)
         rows = novel.list_thoughts(cid)
         choices = [(f"#{r['id']}: {r['text'][:50]}", r["id"]) for r in rows]
@@ -60,9 +65,9 @@ def wire(lib, t, novel_dd, chapter_radio, after: list) -> None:
         text = novel.thoughts.get(pick)["text"] if pick is not None else ""
         s = novel.thought_settings()
         return (_render(novel, cid, show), gr.Dropdown(choices=choices, value=pick), text, msg,
-                s["on"], s["plan_first"])
+                s["on"], s["plan_first"], s["mode"])
 
-    outs = [t["notes"], t["pick"], t["text"], t["status"], t["on"], t["plan"]]
+    outs = [t["notes"], t["pick"], t["text"], t["status"], t["on"], t["plan"], t["mode"]]
     ins = [novel_dd, chapter_radio, t["show"]]
     for ev in after:
         ev.then(refresh, ins, outs, show_progress="hidden")
@@ -83,7 +88,7 @@ def wire(lib, t, novel_dd, chapter_radio, after: list) -> None:
                 return refresh(name, cid, show, pick, ok(message))
             except USER_ERRORS as e:
                 return (*[gr.update()] * 3, err(e),
-                        gr.update(), gr.update())
+                        gr.update(), gr.update(), gr.update())
         return handler
 
     def need(pick):
@@ -98,9 +103,16 @@ def wire(lib, t, novel_dd, chapter_radio, after: list) -> None:
     t["delete"].click(act(lambda n, cid, p, x: n.delete_thought(need(p)), "Note deleted."),
                       full, outs)
 
-    def settings(name, on, plan):
-        if name:
-            lib.open(name).set_thought_settings(on=on, plan_first=plan)
+    def settings(name, on, plan, mode):
+        if not name:
+            return "", gr.update()
+        novel = lib.open(name)
+        try:
+            novel.set_thought_settings(on=on, plan_first=plan, mode=mode)
+            return "", gr.update()
+        except USER_ERRORS as e:  # e.g. self mode with no tuned adapter: say so, stay put
+            return err(e), novel.thought_settings()["mode"]
 
-    t["on"].input(settings, [novel_dd, t["on"], t["plan"]])
-    t["plan"].input(settings, [novel_dd, t["on"], t["plan"]])
+    for box in (t["on"], t["plan"], t["mode"]):
+        box.input(settings, [novel_dd, t["on"], t["plan"], t["mode"]],
+                  [t["status"], t["mode"]])

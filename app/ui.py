@@ -8,7 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from app import knn_panel, thoughts_panel
+from app import knn_panel, matrix_panel, thoughts_panel
 from app.messages import USER_ERRORS, err, ok
 from engine.novel import Library, NovelError
 from engine.writer import Sampling
@@ -118,6 +118,7 @@ def build(lib: Library) -> gr.Blocks:
                     receipt_md = gr.Markdown("No Continue yet.", elem_id="receipt")
                 mem = _memory_panel()
                 knn = knn_panel.panel()
+                matrix = matrix_panel.panel()
         timer = gr.Timer(2.0)
 
         # -- helpers: compose updates -------------------------------------------
@@ -357,6 +358,7 @@ def build(lib: Library) -> gr.Blocks:
         timer.tick(lambda: lib.model.status(), outputs=model_status, show_progress="hidden")
         _wire_memory(lib, mem, novel_dd, chapter_radio, editor, receipt_md, receipt_acc)
         knn_panel.wire(lib, knn, novel_dd)
+        matrix_panel.wire(lib, matrix, novel_dd)
         thoughts_panel.wire(lib, notes, novel_dd, chapter_radio,
                             [continued, retried, picked_chapter, loaded, picked_novel])
     return demo

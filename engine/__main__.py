@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-BENCHES = ("speed", "recall", "perplexity", "sentiment", "continuity")
+BENCHES = ("speed", "recall", "perplexity", "sentiment", "continuity", "matrix")
+TRAINERS = ("thoughts", "memory")
 
 
 def _model_arg(p: argparse.ArgumentParser) -> None:
@@ -70,6 +71,9 @@ def cmd_write(args) -> int:
     cid = novel.chapter_id(args.chapter)
     if args.no_thoughts or args.plan_first:
         novel.set_thought_settings(on=not args.no_thoughts, plan_first=args.plan_first)
+    mode = "self" if args.self_commentary else args.thought_mode
+    if mode or args.thought_adapter is not None:
+        novel.set_thought_settings(mode=mode, adapter=args.thought_adapter)
     sampling = Sampling(temperature=args.temperature, top_p=args.top_p,
                         max_new_tokens=args.tokens, seed=args.seed)
     last = None
@@ -131,6 +135,57 @@ def cmd_memory(args) -> int:
     return 0
 
 
+def cmd_matrix(args) -> int:
+    from .novel import Novel
+
+    novel = Novel.open(Path(args.project), _slot(args))
+    act = args.action
+    if act in ("on", "off", "set"):
+        on = act == "on" or (act == "set" and novel.matrix_settings()["on"])
+        novel.set_matrix_settings(on, args.layer, args.slots, args.rows, args.adapter)
+    elif act in ("pin", "unpin") and not args.ref:
+        raise ValueError(f"{act} needs a memory id: matrix {act} 3")
+    elif act == "pin":
+        print(f"Memory {args.ref}: slots {novel.pin_matrix(args.ref)} pinned.")
+    elif act == "unpin":
+        novel.unpin_matrix(args.ref)
+        print(f"Memory {args.ref}: slots unpinned.")
+    elif act == "reset":
+        novel.reset_matrix()
+    if act in ("usage", "reset") or (act == "show" and novel.matrix_settings()["on"]):
+        usage = novel.matrix_usage(progress=_bar("memory matrix") if not args.json else None)
+    else:
+        usage = None
+    out = {"settings": novel.matrix_settings(), "info": novel.matrix_info(),
+           "pins": novel.matrix_pins(), **({"usage": usage} if act == "usage" else {})}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        s, i = out["settings"], out["info"]
+        print(f"memory matrix {'on' if s['on'] else 'off'}: layer {s['layer']}, {s['slots']} "
+              f"slots, {s['rows']} memory tokens, adapter {s['adapter'] or 'none (CountSketch)'}")
+        print(f"  {i['segments']} segments written, {i['pinned']} slots pinned"
+              + (f"; {i['notice']}" if i.get("notice") else ""))
+        if usage:
+            print(f"  chapters {usage['chapters']}; slot groups of {usage['per_bucket']}")
+    return 0
+
+
+def _bar(desc):
+    """A progress callable(done, total) drawing a tqdm bar on stderr."""
+    from tqdm.auto import tqdm
+    bar = {}
+
+    def report(done, total):
+        if "b" not in bar:
+            bar["b"] = tqdm(total=total, desc=desc, leave=False)
+        bar["b"].n = done
+        bar["b"].refresh()
+        if done >= total:
+            bar.pop("b").close()
+    return report
+
+
 def cmd_export(args) -> int:
     from .novel import Novel
 
@@ -184,6 +239,10 @@ def cmd_score(args) -> int:
     return importlib.import_module(".score", __package__).run(args)
 
 
+def cmd_train(args) -> int:
+    return importlib.import_module(f".train.{args.what}", __package__).run(args)
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m engine",
                                  description="Mnemosyne: a novel writer that remembers.")
@@ -218,6 +277,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--receipt", default=None, help="write the context receipt here (JSON)")
     p.add_argument("--no-thoughts", action="store_true", help="no margin note (kept as a setting)")
     p.add_argument("--plan-first", action="store_true", help="the note plans the passage first")
+    p.add_argument("--thought-mode", choices=("prompt", "self"), default=None,
+                   help="who writes the notes: a summarising prompt, or the model itself "
+                        "tuned by 'train thoughts' (kept as a setting)")
+    p.add_argument("--self-commentary", action="store_true", help="--thought-mode self")
+    p.add_argument("--thought-adapter", default=None,
+                   help="self mode: the adapter folder ('' for the model's default one)")
     _model_arg(p)
     p.set_defaults(fn=cmd_write)
 
@@ -258,6 +323,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_thoughts)
 
+    p = sub.add_parser("matrix", help="the in-model memory matrix: show, on/off, pin, reset")
+    p.add_argument("--project", required=True)
+    p.add_argument("action", choices=("show", "on", "off", "set", "pin", "unpin", "reset",
+                                      "usage"))
+    p.add_argument("ref", nargs="?", default=None, help="pin/unpin: a memory id")
+    p.add_argument("--layer", type=int, default=None)
+    p.add_argument("--slots", type=int, default=None)
+    p.add_argument("--rows", type=int, default=None, help="memory tokens read per layer")
+    p.add_argument("--adapter", default=None, help="a trained adapter ('' for none)")
+    p.add_argument("--json", action="store_true")
+    _model_arg(p)
+    p.set_defaults(fn=cmd_matrix)
+
     p = sub.add_parser("export", help="the manuscript as Markdown or plain text")
     p.add_argument("--project", required=True)
     p.add_argument("--format", choices=("md", "txt", "notes"), default="md",
@@ -282,6 +360,17 @@ def parser() -> argparse.ArgumentParser:
         _model_arg(p)
         score.add_arguments(p)
         p.set_defaults(fn=cmd_score)
+
+    p = sub.add_parser("train", help="teach the model: thoughts (inline margin notes), memory")
+    train = p.add_subparsers(dest="what", required=True)
+    for name in TRAINERS:  # engine/train/NAME.py: add_arguments(parser), run(args)
+        if importlib.util.find_spec(f"engine.train.{name}") is None:
+            continue  # a trainer not built yet
+        mod = importlib.import_module(f".train.{name}", __package__)
+        tp = train.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0])
+        _model_arg(tp)
+        mod.add_arguments(tp)
+        tp.set_defaults(fn=cmd_train)
     return ap
 
 

@@ -222,6 +222,10 @@ class ModelSlot:
             return self.error
         return f"Model: {self._model.name} on {self._model.device} ({self._model.dtype})"
 
+    def peek(self) -> LoadedModel | None:
+        """The model if it has loaded; never starts a load or waits for one."""
+        return self._model if self._done.is_set() and not self.error else None
+
     def get(self, timeout: float | None = None) -> LoadedModel:
         self.start()
         if not self._done.wait(timeout):

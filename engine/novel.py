@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import context, export, importing, writer
-from .thoughts import Router, ThoughtBook, write_note
+from .thoughts import BEGIN, Router, ThoughtBook, write_note
 from .models import ModelSlot
 from .store import ProjectError, Store, slugify, validate_name, validate_text, MAX_CHAPTER_CHARS
 
 AUTOSAVE_S = 0.5            # streamed text reaches disk at least this often
 DEFAULT_BUDGET = 2048       # prompt tokens; prefill dominates a Continue on a CPU
 MAX_MEMORY_CHARS = 4000     # a memory is a fact or a sentence, not a chapter
+THOUGHT_MODES = ("prompt", "self")  # who writes the margin notes (see set_thought_settings)
 SYNC_LIMIT = 128            # chunks embedded in line per Continue (~1-2 s on two cores)
 
 
@@ -97,6 +99,9 @@ class Novel:
         from .memory.knn_project import ProjectKNN
         self._knn = ProjectKNN(self)  # kNN memory: engine/memory/knn_project.py
         self.after_accept.append(self._knn.after_accept)
+        from .memory.matrix_project import ProjectMatrix
+        self._matrix = ProjectMatrix(self)  # memory matrix: engine/memory/matrix_project.py
+        self.after_accept.append(self._matrix.after_accept)
 
     # -- lifecycle -------------------------------------------------------------
     @classmethod
@@ -324,9 +329,12 @@ class Novel:
             raise NovelError("The memory is empty; write the fact first.")
         t = time.time()
         with self.store.tx() as db:
-            return db["memories"].insert({"kind": kind, "text": text, "pinned": int(pin),
-                                          "source": source, "created": t,
-                                          "updated": t}).last_pk
+            mid = db["memories"].insert({"kind": kind, "text": text, "pinned": int(pin),
+                                         "source": source, "created": t,
+                                         "updated": t}).last_pk
+        if pin and self._matrix.raw()["on"]:
+            self.pin_matrix(mid)
+        return mid
 
     def _memory_id(self, ref) -> int:
         """A memory id from an int, 'memory:ID' or a key of a passage/thought (which is
@@ -349,11 +357,17 @@ class Novel:
         return mid
 
     def pin(self, ref) -> int:
-        """Pin a memory (or a recalled passage/thought, kept as a memory): always in context."""
-        return self._set_pinned(ref, True)
+        """Pin a memory (or a recalled passage/thought, kept as a memory): always in context
+        and, when the memory matrix is on, held in matrix slots that never change."""
+        mid = self._set_pinned(ref, True)
+        if self._matrix.raw()["on"]:
+            self.pin_matrix(mid)
+        return mid
 
     def unpin(self, ref) -> int:
-        return self._set_pinned(ref, False)
+        mid = self._set_pinned(ref, False)
+        self._matrix.unpin(mid)
+        return mid
 
     def edit_memory(self, memory_id: int, text: str) -> None:
         text = validate_text("The memory", (text or "").strip(), MAX_MEMORY_CHARS)
@@ -437,6 +451,45 @@ class Novel:
         self._knn.rebuild(progress)
         return self.knn_info()
 
+    # -- memory matrix (gated writes per segment, read as memory tokens) ----------------
+    def matrix_settings(self) -> dict:
+        """{on, layer (resolved), slots, rows, adapter, depth}."""
+        return self._matrix.public()
+
+    def set_matrix_settings(self, on: bool, layer=None, slots=None, rows=None,
+                            adapter=None) -> dict:
+        from .memory.matrix import MatrixError
+        try:
+            return self._matrix.set(on, layer, slots, rows, adapter)
+        except (ValueError, MatrixError) as e:
+            raise NovelError(str(e)) from e
+
+    def matrix_info(self) -> dict:
+        """{loaded, writes, slots, pinned, notice (why it was rebuilt)}; writes nothing."""
+        return self._matrix.info()
+
+    def matrix_usage(self, progress=None) -> dict:
+        """Gate mass per slot group per chapter, strength and pins (brings M up to date)."""
+        self._matrix.matrix(progress)
+        return self._matrix.usage()
+
+    def reset_matrix(self) -> dict:
+        """Start M again from its seed; pinned memories are written and pinned again."""
+        self._idle_or_fail()
+        return self._matrix.reset()
+
+    def pin_matrix(self, ref) -> list[int]:
+        """Write a memory into the matrix and pin the slots holding it; returns them."""
+        m = self.memory(ref)
+        return self._matrix.pin(m["id"], m["text"])
+
+    def unpin_matrix(self, ref) -> None:
+        self._matrix.unpin(self.memory(ref)["id"])
+
+    def matrix_pins(self) -> dict:
+        """{memory id: [slots]}."""
+        return self._matrix.pins()
+
     def continue_chapter(self, chapter_id: int, sampling: writer.Sampling | None = None,
                          prompt: str = "", budget: int | None = None, action: str = "continue"):
         """Stream a new passage onto the chapter; yields Events, saves as it goes."""
@@ -458,7 +511,10 @@ class Novel:
             self.store.new_revision(chapter_id, base, "writer", "prompt")
         sampling = sampling.resolved()
         settings = self.thought_settings()
-        if settings["on"] and settings["plan_first"] and not self._cancel.is_set():
+        adapter, adapter_key = self._self_commentary(lm, settings)  # self mode: tuned model
+        self_mode = adapter_key is not None
+        if (settings["on"] and settings["plan_first"] and not self_mode
+                and not self._cancel.is_set()):
             yield Event(text=base, status="Planning the next passage…")
             plan = write_note(lm, base or self.bible.get("premise", ""), self.bible,
                               plan=True, seed=sampling.seed, cancel=self._cancel)
@@ -467,6 +523,14 @@ class Novel:
         ids, receipt = self.build_context(chapter_id, budget, base)
         self.last_receipt = receipt
         knn_ctx, prefix_key = self._knn.reader(lm, chapter_id, ids, receipt)
+        if (self._matrix.raw()["on"] and not self._cancel.is_set()):
+            yield Event(text=base, status="Updating the memory matrix…")
+        mx_ctx, mx_key = self._matrix.reader(lm)
+        if notice := self._matrix.new_notice():  # e.g. rebuilt, or adapter unusable
+            receipt.setdefault("warnings", []).append(notice)
+        forward = _contexts(knn_ctx, mx_ctx)
+        prefix_key = (prefix_key, mx_key) if mx_key is not None else prefix_key
+        prefix_key = (prefix_key, "thoughts", adapter_key) if self_mode else prefix_key
         rev = self.store.new_revision(chapter_id, base, "model", action)
         log_id = self.store.log_generation(chapter_id=chapter_id, revision_id=rev,
                                            model=lm.name, params=sampling.to_dict(),
@@ -475,12 +539,15 @@ class Novel:
         yield Event(text=base, status="Reading the context…", receipt=receipt)
         result = writer.Result()
         router = Router()  # marker-delimited thoughts go to the margin, never the page
+        if self_mode and settings["plan_first"]:  # the tuned model opens with its note
+            ids = ids + lm.tokenizer(BEGIN, add_special_tokens=False)["input_ids"]
+            router.feed(BEGIN)
         t0, last_save, text = time.perf_counter(), time.perf_counter(), base
         status = "error"
         try:
-            with lm.lock:
+            with lm.lock, adapter():  # the adapter only while this novel writes
                 for delta in writer.stream(lm, ids, sampling, self._cancel, self._prefix,
-                                           prefix_key=prefix_key, forward_context=knn_ctx,
+                                           prefix_key=prefix_key, forward_context=forward,
                                            result=result):
                     delta = router.feed(delta)
                     text += delta
@@ -509,7 +576,7 @@ class Novel:
             for hook in self.after_accept:
                 hook(self, chapter_id, pid)
             if (settings["on"] and not settings["plan_first"] and not router.thoughts
-                    and status != "cancelled"):
+                    and not self_mode and status != "cancelled"):
                 yield Event(text=text, status="Writing a margin note…")
                 note = write_note(lm, written, self.bible, seed=sampling.seed,
                                   cancel=self._cancel)
@@ -535,13 +602,48 @@ class Novel:
     # -- thoughts -------------------------------------------------------------------
     def thought_settings(self) -> dict:
         """on: a margin note after each passage; plan_first: the note comes before it."""
-        return {"on": True, "plan_first": False, **(self.store.get_setting("thoughts") or {})}
+        return {"on": True, "plan_first": False, "mode": "prompt", "adapter": "",
+                **(self.store.get_setting("thoughts") or {})}
 
-    def set_thought_settings(self, on: bool | None = None, plan_first: bool | None = None):
+    def set_thought_settings(self, on: bool | None = None, plan_first: bool | None = None,
+                             mode: str | None = None, adapter: str | None = None):
+        """mode: 'prompt' (a summarising prompt writes each note) or 'self' (a model tuned
+        by 'train thoughts' writes its notes inline); adapter: that tuning's folder, ''
+        for the default one of the loaded model."""
         s = self.thought_settings()
         s.update({k: bool(v) for k, v in (("on", on), ("plan_first", plan_first))
                   if v is not None})
+        if mode is not None and mode not in THOUGHT_MODES:
+            raise NovelError(f"Unknown thought mode '{mode}': use "
+                             f"{' or '.join(THOUGHT_MODES)}.")
+        s["mode"] = mode or s["mode"]
+        s["adapter"] = s["adapter"] if adapter is None else str(adapter).strip()
+        if s["mode"] == "self":  # a missing or foreign adapter is refused now, not mid-write
+            lm = self.model.peek()
+            if lm is not None:
+                self._self_commentary(lm, {**s, "on": True})
+            elif s["adapter"]:  # the model is still loading: check what can be checked
+                from .train.lora import AdapterError, read_config
+                try:
+                    read_config(s["adapter"])
+                except AdapterError as e:
+                    raise NovelError(str(e)) from e
         self.store.set_setting("thoughts", s)
+
+    def _self_commentary(self, lm, settings):
+        """(context factory applying the thought adapter, its cache key) in self mode;
+        (nullcontext, None) otherwise. A model tuned whole needs no adapter."""
+        if not (settings["on"] and settings.get("mode") == "self"):
+            return nullcontext, None
+        from .train.lora import AdapterError
+        from .train.thoughts import adapter_for
+        try:
+            lora = adapter_for(lm, settings.get("adapter") or None)
+        except AdapterError as e:
+            raise NovelError(str(e)) from e
+        if lora is None:
+            return nullcontext, "tuned"
+        return (lambda: lora.attached(lm.model)), lora.key
 
     def list_thoughts(self, chapter_id: int | None = None) -> list[dict]:
         return self.thoughts.list(chapter_id)
@@ -606,6 +708,21 @@ def _embed_passage(novel: "Novel", chapter_id: int, passage_id: int) -> None:
                 novel.semantic.catch_up()
         except SemanticError:
             pass  # recall reports it in the next receipt; the passage itself is saved
+
+
+def _contexts(*factories):
+    """One forward-context factory entering each of the given ones (None skipped)."""
+    live = [f for f in factories if f is not None]
+    if len(live) <= 1:
+        return live[0] if live else None
+
+    def enter():
+        from contextlib import ExitStack
+        stack = ExitStack()
+        for f in live:
+            stack.enter_context(f())
+        return stack
+    return enter
 
 
 def _chain(first, rest):

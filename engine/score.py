@@ -10,6 +10,10 @@ tokens before it, and nothing before (block start - W) reaches it except through
 memory. (A sliding-window mask would not give that cut-off: stacked layers pass
 information back layers x W tokens.) Cost: (W + block) / block token-passes per token.
 
+For ``matrix`` the manuscript is written into a fresh memory matrix (default settings,
+the ``--matrix-*`` flags, or a trained adapter's), whose memory tokens every block may
+read; ``all`` is kNN + matrix.
+
 For ``knn`` the manuscript's store is loaded (or built), and F's own keys/values are
 added to an in-memory overlay (never saved) before scoring: a block reads every
 entry behind its context, so earlier parts of F are remembered as while writing.
@@ -21,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-MEMORIES = ("none", "knn", "all")
+MEMORIES = ("none", "knn", "matrix", "all")
 
 
 def add_arguments(p) -> None:
@@ -33,6 +37,7 @@ def add_arguments(p) -> None:
     p.add_argument("--block", type=int, default=None,
                    help="tokens scored per forward pass (default: W)")
     add_knn_arguments(p)
+    add_matrix_arguments(p)
     if not any("--model" in a.option_strings for a in p._actions):
         p.add_argument("--model", default=None)
 
@@ -47,6 +52,30 @@ def add_knn_arguments(p) -> None:
     p.add_argument("--knn-preset", choices=("recall", "steer"), default=None)
     p.add_argument("--knn-gate", action="store_true", default=None)
     p.add_argument("--no-progress", action="store_true")
+
+
+def add_matrix_arguments(p) -> None:
+    p.add_argument("--matrix-adapter", default=None, help="a trained memory-matrix adapter")
+    p.add_argument("--matrix-layer", type=int, default=None)
+    p.add_argument("--matrix-rows", type=int, default=None, help="memory tokens read")
+
+
+def matrix_tokens_for(lm, past_ids, args):
+    """Memory tokens of a fresh matrix holding ``past_ids`` (the --matrix-* flags)."""
+    from .memory.matrix import MatrixSettings
+    from .memory.matrix_model import matrix_of, read_tokens
+
+    adapter = None
+    if getattr(args, "matrix_adapter", None):
+        from .train.memory import load_adapter
+        adapter = load_adapter(args.matrix_adapter, lm)
+        settings = adapter.settings
+    else:
+        kw = {k: v for k, v in (("layer", getattr(args, "matrix_layer", None)),
+                                ("rows", getattr(args, "matrix_rows", None))) if v is not None}
+        settings = MatrixSettings(**kw)
+    mm = matrix_of(lm, past_ids, settings)
+    return read_tokens(lm, mm, adapter) if mm.writes else None
 
 
 def settings_from_args(args, base=None):
@@ -94,14 +123,17 @@ def encode(lm, text: str) -> list[int]:
 
 
 def score_tokens(lm, past_ids, ids, window: int, store=None, settings=None,
-                 block: int | None = None, progress: bool = False) -> list[float | None]:
+                 block: int | None = None, progress: bool = False,
+                 tokens: dict | None = None) -> list[float | None]:
     """Log-probability of each of ``ids`` given the W..W+block-1 tokens before it (in
     past_ids + ids) and, if ``store`` is given, the kNN memory of everything before
     that. ``store`` must hold exactly past_ids (positions 0..len-1); F's entries are
-    appended to it in memory. None for a first token with nothing before it."""
+    appended to it in memory. ``tokens``: memory-matrix tokens every block may read.
+    None for a first token with nothing before it."""
+    from contextlib import nullcontext
     import torch
 
-    from .memory.attention import index_tokens, knn_memory
+    from .memory.attention import index_tokens, knn_memory, matrix_tokens
     from .memory.knn import KNNSettings
 
     settings = settings or KNNSettings()
@@ -123,7 +155,8 @@ def score_tokens(lm, past_ids, ids, window: int, store=None, settings=None,
             inp = torch.tensor([allids[c:e]], device=device)
             pos = torch.arange(e - c, device=device)[None]
             keep = e - s + (1 if s > c else 0)
-            with knn_memory(lm, store, settings, offset=c):
+            mx = matrix_tokens(lm, tokens) if tokens else nullcontext()
+            with knn_memory(lm, store, settings, offset=c), mx:
                 logits = lm.model(input_ids=inp, position_ids=pos, use_cache=False,
                                   logits_to_keep=keep).logits[0].float()
             lp = torch.log_softmax(logits, -1)
@@ -154,9 +187,10 @@ def run(args) -> int:
     store = None
     if args.memory in ("knn", "all") and past:
         store = ensure_store(args.project, lm, past, settings, progress=progress)
+    tokens = matrix_tokens_for(lm, past, args) if args.memory in ("matrix", "all") else None
     t1 = time.perf_counter()
     logprobs = score_tokens(lm, past, ids, args.window, store, settings,
-                            block=args.block, progress=progress)
+                            block=args.block, progress=progress, tokens=tokens)
     seconds = time.perf_counter() - t1
     result = {"tokens": [lm.tokenizer.decode([i]) for i in ids], "offsets": offsets,
               "logprobs": logprobs, "window": args.window, "memory": args.memory,

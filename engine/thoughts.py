@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 BEGIN, END = "⟦", "⟧"
 _ESCAPES = {BEGIN: "[[", END: "]]"}
 NOTE_TOKENS = 48
+NOTE_SAMPLING = {"temperature": 0.3, "top_p": 0.9}  # notes: focused, a little varied
 
 
 def escape_prose(text: str) -> str:
@@ -238,21 +239,30 @@ def write_note(lm, passage: str, bible: dict, plan: bool = False, seed: int = 0,
     """Ask the model for one short note on a passage (or a plan for the next one)."""
     from .writer import Result, Sampling, stream
 
-    tok = lm.tokenizer
+    ids = note_prompt_ids(lm.tokenizer, passage, bible, plan)
+    result = Result()
+    with lm.lock:
+        for _ in stream(lm, ids, Sampling(**NOTE_SAMPLING, max_new_tokens=NOTE_TOKENS,
+                                          seed=seed),
+                        cancel, result=result):
+            pass
+    return tidy_note(result.text, cut_short=result.stop_reason == "length")
+
+
+def note_prompt_ids(tok, passage: str, bible: dict, plan: bool = False) -> list[int]:
+    """The note prompt as token ids: the chat template, or a plain notebook line."""
     msgs = note_messages(passage, bible, plan)
     if getattr(tok, "chat_template", None):
         ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-    else:  # a base model: a plain-text notebook line
-        ids = tok(f"{msgs[-1]['content']}\nNote:", add_special_tokens=False)["input_ids"]
-    result = Result()
-    with lm.lock:
-        for _ in stream(lm, ids, Sampling(temperature=0.3, top_p=0.9,
-                                          max_new_tokens=NOTE_TOKENS, seed=seed),
-                        cancel, result=result):
-            pass
-    note = strip(result.text).strip()
-    if len(note) > 20 and result.stop_reason == "length":
-        cut = max(note.rfind(". "), note.rfind(".\n"))  # end on a whole sentence
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    return list(tok(f"{msgs[-1]['content']}\nNote:", add_special_tokens=False)["input_ids"])
+
+
+def tidy_note(text: str, cut_short: bool = False) -> str:
+    """A generated note as kept: no markers, and ending on a whole sentence when the
+    token limit cut it short."""
+    note = strip(text).strip()
+    if len(note) > 20 and cut_short:
+        cut = max(note.rfind(". "), note.rfind(".\n"))
         note = note[:cut + 1] if cut > 20 else note
     return note

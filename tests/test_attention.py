@@ -94,6 +94,37 @@ def test_incremental_decoding_matches_one_pass(lm, ids):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("kw,read", [
+    (dict(position="exact"), dict(offset=48)),
+    (dict(heads=0.5), dict(horizon=48)),
+    (dict(k=100), dict(horizon=40)),                      # fewer entries than k
+    (dict(gap=5), dict(horizon=48, window=6)),            # sliding window: placement moves
+    (dict(approx_threshold=16, nprobe=64), dict(horizon=48)),    # IVF: scores recomputed
+    (dict(approx_threshold=16, approx="hnsw"), dict(horizon=48)),
+])
+def test_decode_step_matches_one_pass_variants(lm, ids, kw, read):
+    """The single-query decode path (_attend_one) gives what the general path gives."""
+    from transformers import DynamicCache
+
+    s = KNNSettings(**{"layers": (0, 2, 3), "k": 8, **kw})
+    store = new_store(None, lm, s)
+    index_tokens(lm, store, ids[0, :48].tolist(), progress=False)
+    store.build_index()
+    prompt, cont = ids[:, 48:64], ids[:, 64:72]
+    with knn_memory(lm, store, s, **read) as st:
+        one = lm.model(torch.cat([prompt, cont], 1)).logits[:, 15:23]
+        searches = st.stats["searches"]
+        cache = DynamicCache(config=lm.model.config)
+        out = lm.model(prompt, past_key_values=cache, use_cache=True)
+        steps = [out.logits[:, -1:]]
+        for t in range(cont.shape[1] - 1):
+            out = lm.model(cont[:, t:t + 1], past_key_values=cache, use_cache=True)
+            steps.append(out.logits)
+    assert st.stats["searches"] > 2 * searches
+    torch.testing.assert_close(torch.cat(steps, 1), one, atol=2e-4, rtol=1e-4)
+
+
+@torch.no_grad()
 def test_behind_placement_search_is_exact(lm):
     """(R(-p') q) . u equals q . R(p') u: the search score is the attention logit."""
     inv = rotary_inv_freq(lm)

@@ -158,7 +158,7 @@ def _score_args(project, text_file, memory, **kw):
     return args
 
 
-@pytest.mark.parametrize("memory", ["none", "knn", "all"])
+@pytest.mark.parametrize("memory", ["none", "knn", "matrix", "all"])
 def test_score_cli_json(project, tmp_path, capsys, memory):
     from engine import score
     text = "Orrin Vale climbed the stair. Maelis waited by the bells of Kestrow, é!"

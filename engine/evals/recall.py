@@ -17,7 +17,7 @@ import numpy as np
 
 
 def add_arguments(p) -> None:
-    from ..score import add_knn_arguments
+    from ..score import add_knn_arguments, add_matrix_arguments
 
     p.add_argument("--k-chapters", default="3,5", help="comma-separated K values")
     p.add_argument("--window", type=int, default=256)
@@ -25,8 +25,12 @@ def add_arguments(p) -> None:
                    help="kNN read modes to compare: attend, inject (preset recall)")
     p.add_argument("--full-context", type=int, default=8192,
                    help="cap on the full-context ceiling's tokens (model limit applies)")
+    p.add_argument("--matrix", default="",
+                   help="also score with the memory matrix: 'matrix', 'all' (kNN attend + "
+                        "matrix) or 'matrix,all'; --matrix-adapter for a trained read path")
     p.add_argument("--json", action="store_true")
     add_knn_arguments(p)
+    add_matrix_arguments(p)
 
 
 def _mentions(lm, texts_spans, offset_tokens):
@@ -71,7 +75,7 @@ def run(args) -> int:
     from ..memory.attention import index_tokens
     from ..memory.knn import KNNStore, model_shape
     from ..models import load
-    from ..score import score_tokens, settings_from_args
+    from ..score import matrix_tokens_for, score_tokens, settings_from_args
     from ._book import renamed_chapters
 
     t0 = time.perf_counter()
@@ -83,6 +87,7 @@ def run(args) -> int:
     base = settings_from_args(args)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     settings = {m: base.with_(mode=m) for m in modes}
+    extra = [m.strip() for m in args.matrix.split(",") if m.strip()]
     depth, kv, hd = model_shape(lm)
     layers = sorted({l for s in settings.values() for l in s.read_layers(depth)})
     past_all = [t for ids, _ in chapters[:max(ks)] for t in ids]
@@ -120,20 +125,30 @@ def run(args) -> int:
             res[f"knn_{m}_s"] = round(time.perf_counter() - t, 1)
             res[f"knn_{m}"] = float(np.mean([lp[i] for i in targets])) if targets else None
             res[f"knn_{m}_all"] = float(np.mean(lp))
+        tokens = matrix_tokens_for(lm, past, args) if extra else None
+        for m in extra:  # the memory matrix alone, and with kNN (attend)
+            t = time.perf_counter()
+            s = base.with_(mode="attend")
+            store = store_all.clone(len(past), s) if m == "all" else None
+            lp = score_tokens(lm, past, ids, W, store, s, tokens=tokens)
+            res[f"knn_{m}_s"] = round(time.perf_counter() - t, 1)
+            res[f"knn_{m}"] = float(np.mean([lp[i] for i in targets])) if targets else None
+            res[f"knn_{m}_all"] = float(np.mean(lp))
         t = time.perf_counter()
         full, n_ctx = full_context_logprobs(lm, past, ids, args.full_context)
         res["full_s"] = round(time.perf_counter() - t, 1)
         res["full_context_tokens"] = n_ctx
         res["full"] = float(np.mean([full[i] for i in targets])) if targets else None
         res["full_all"] = float(np.mean(full))
-        for m in settings:
+        for m in [*settings, *extra]:
             gap = (res["full"] - res["window"]) if targets else 0.0
             res[f"gap_closed_{m}"] = ((res[f"knn_{m}"] - res["window"]) / gap
                                       if targets and abs(gap) > 1e-9 else None)
         rows.append(res)
         if not args.json:
-            _print(res, modes)
-    out = {"model": lm.name, "window": W, "modes": modes, "layers": layers,
+            _print(res, modes + extra)
+    out = {"model": lm.name, "window": W, "modes": modes + extra,
+           "matrix_adapter": getattr(args, "matrix_adapter", None), "layers": layers,
            "settings": base.to_dict(), "results": rows,
            "seconds": round(time.perf_counter() - t0, 1)}
     if args.json:
@@ -151,6 +166,7 @@ def _print(r, modes):
     print(f"  name-token mean logprob: window {f(r['window'])}  full {f(r['full'])} "
           f"(ctx {r['full_context_tokens']})")
     for m in modes:
-        print(f"  kNN {m:<7} {f(r[f'knn_{m}'])}  gap closed {f(r[f'gap_closed_{m}'])}  "
+        label = {"matrix": "matrix", "all": "kNN+matrix"}.get(m, f"kNN {m}")
+        print(f"  {label:<11} {f(r[f'knn_{m}'])}  gap closed {f(r[f'gap_closed_{m}'])}  "
               f"(all tokens {r[f'knn_{m}_all']:.3f} vs window {r['window_all']:.3f}, "
               f"full {r['full_all']:.3f}; {r[f'knn_{m}_s']}s)")

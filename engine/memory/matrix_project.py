@@ -1,0 +1,296 @@
+"""The memory matrix of one novel: its setting, its file kept in step with the
+manuscript, pins, and the memory tokens a Continue reads.
+
+* Setting: ``settings['matrix']`` in novel.db (on, layer, slots, rows, adapter) and
+  ``settings['matrix_pins']`` ({memory id: slots}); the writer's data lives in the db.
+* File: ``<project>/memory/matrix.safetensors`` is derived data, stamped with the model
+  fingerprint and the write settings. A missing, corrupt, foreign or NaN file is
+  rebuilt from the manuscript (never trusted blindly); the reason is kept in ``notice``.
+* Writes: each chapter's tokens are cut into segments of ``SEGMENT`` tokens; every
+  full segment is written once, in book order. The file records the segments it holds
+  (digests): when the manuscript only grew, the new segments are written; when older
+  text changed, the matrix is rebuilt (a gated write cannot be undone), and pins are
+  re-applied afterwards to the slots that recognise the pinned memory most.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .matrix import MatrixError, MatrixSettings, MemoryMatrix
+
+SETTING, PINS = "matrix", "matrix_pins"
+from .matrix_model import SEGMENT, depth as _depth, read_tokens
+PIN_SLOTS = 4  # slots pinned per pinned memory
+
+
+class ProjectMatrix:
+    def __init__(self, novel):
+        self.novel = novel
+        self._mm: MemoryMatrix | None = None
+        self._segments: list[str] = []
+        self._adapter = None
+        self._lock = threading.RLock()
+        self.notice = ""  # why the matrix was last rebuilt (or read without its adapter)
+        self._told = ""   # the notice a Continue already reported
+
+    # -- settings --------------------------------------------------------------------
+    def raw(self) -> dict:
+        d = self.novel.store.get_setting(SETTING) or {}
+        return {"on": bool(d.get("on", False)), "layer": d.get("layer"),
+                "slots": int(d.get("slots", MatrixSettings.slots)),
+                "rows": int(d.get("rows", MatrixSettings.rows)),
+                "adapter": d.get("adapter") or None}
+
+    def settings(self) -> MatrixSettings:
+        d = self.raw()
+        return MatrixSettings(layer=d["layer"], slots=d["slots"], rows=d["rows"])
+
+    def set(self, on: bool, layer=None, slots=None, rows=None, adapter=None) -> dict:
+        d = self.raw()
+        d["on"] = bool(on)
+        depth = self._depth()
+        if layer is not None and str(layer).strip() != "":
+            layer = int(layer)
+            if depth and not 0 <= layer < depth:
+                raise ValueError(f"The matrix layer must lie in 0..{depth - 1} for this model.")
+            d["layer"] = layer
+        if slots is not None:
+            d["slots"] = int(slots)
+            if not 64 <= d["slots"] <= 65536 or d["slots"] % 64:
+                raise ValueError("Slots must be a multiple of 64 between 64 and 65,536.")
+        if rows is not None:
+            d["rows"] = int(rows)
+            if not 1 <= d["rows"] <= 1024:
+                raise ValueError("Memory tokens (rows) must lie in 1..1,024.")
+        if adapter is not None:
+            d["adapter"] = str(adapter).strip() or None
+            if d["adapter"]:
+                from ..train.memory import load_adapter
+                load_adapter(d["adapter"], self.novel.model.get(timeout=0))  # raises clearly
+        self.novel.store.set_setting(SETTING, d)
+        self._adapter = None
+        return self.public()
+
+    def public(self) -> dict:
+        d = self.raw()
+        depth = self._depth()
+        d["layer"] = self.settings().resolved_layer(depth) if depth else d["layer"]
+        d["depth"] = depth
+        return d
+
+    def _depth(self) -> int:
+        from .knn import model_shape
+        try:
+            return model_shape(self.novel.model.get(timeout=0))[0]
+        except Exception:  # noqa: BLE001 - model still loading
+            return 0
+
+    # -- the matrix -------------------------------------------------------------------
+    def path(self) -> Path:
+        return Path(self.novel.folder) / "memory" / "matrix.safetensors"
+
+    def _stamp(self, lm) -> dict:
+        from .knn import model_shape
+        return {"model": lm.fingerprint, "segment": SEGMENT,
+                **self.settings().write_stamp(model_shape(lm)[0])}
+
+    def segments(self, lm) -> list[tuple[int, list[int], str]]:
+        """(chapter position, token ids, digest) of every full segment, in book order."""
+        out = []
+        for c in self.novel.store.chapters():
+            text = (c["text"] or "").strip()
+            ids = lm.tokenizer(text, add_special_tokens=False).input_ids if text else []
+            for a in range(0, len(ids) - SEGMENT + 1, SEGMENT):
+                seg = ids[a:a + SEGMENT]
+                h = hashlib.sha1(np.asarray(seg, np.int64).tobytes()).hexdigest()[:16]
+                out.append((int(c["position"]), seg, h))
+        return out
+
+    def matrix(self, progress=None) -> MemoryMatrix:
+        """The matrix, in step with the manuscript (writing or rebuilding as needed).
+        ``progress``: callable(done, total) or None. Takes the model lock."""
+        lm = self.novel.model.get()
+        with self._lock, lm.lock:
+            stamp = self._stamp(lm)
+            mm = self._mm if self._mm is not None and self._mm.stamp == stamp else None
+            if mm is None:
+                mm, self._segments = self._load(stamp)
+            segs = self.segments(lm)
+            digests = [h for _, _, h in segs]
+            if digests[:len(self._segments)] != self._segments:
+                self.notice = "The manuscript changed before the last write: matrix rebuilt."
+                mm, self._segments = self._fresh(lm, stamp), []
+            todo = segs[len(self._segments):]
+            layer = mm.settings.resolved_layer(_depth(lm))
+            prev_ids = segs[len(self._segments) - 1][1] if self._segments else []
+            for i, (chapter, seg, h) in enumerate(todo):
+                from .attention import layer_states
+                mm.write(layer_states(lm, layer, seg, prefix=prev_ids), chapter)
+                self._segments.append(h)
+                prev_ids = seg
+                if progress:
+                    progress(i + 1, len(todo))
+            if todo or self._mm is not mm:
+                if todo and len(self._segments) == len(todo):
+                    self._repin(lm, mm)
+                self._save(mm)
+            self._mm = mm
+            return mm
+
+    def _fresh(self, lm, stamp) -> MemoryMatrix:
+        return MemoryMatrix(lm.model.config.hidden_size, self.settings(), stamp)
+
+    def _load(self, stamp):
+        p = self.path()
+        lm = self.novel.model.get()
+        if not p.exists():
+            return self._fresh(lm, stamp), []
+        try:
+            mm = MemoryMatrix.load(p, stamp)
+            segs = json.loads((p.with_suffix(".json")).read_text())["segments"]
+            return mm, list(segs)
+        except (MatrixError, OSError, ValueError, KeyError) as e:
+            self.notice = f"The memory matrix file was not usable ({e}); rebuilt from the manuscript."
+            return self._fresh(lm, stamp), []
+
+    def _save(self, mm: MemoryMatrix) -> None:
+        p = self.path()
+        mm.save(p)
+        tmp = p.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"segments": self._segments}))
+        tmp.replace(p.with_suffix(".json"))
+
+    def reset(self) -> dict:
+        """Forget everything written; pinned memories are written and pinned again."""
+        with self._lock:
+            self._mm, self._segments = None, []
+            for f in (self.path(), self.path().with_suffix(".json")):
+                f.unlink(missing_ok=True)
+            self.notice = ""
+            self.matrix()
+            return self.info()
+
+    # -- pins -------------------------------------------------------------------------
+    def pins(self) -> dict[str, list[int]]:
+        return self.novel.store.get_setting(PINS) or {}
+
+    def pin(self, memory_id: int, text: str) -> list[int]:
+        """Write a memory into the matrix and pin the slots that hold it most."""
+        mm = self.matrix()
+        lm = self.novel.model.get()
+        with self._lock, lm.lock:
+            slots = self._pin_text(lm, mm, text)
+            pins = self.pins()
+            pins[str(memory_id)] = slots
+            self.novel.store.set_setting(PINS, pins)
+            self._save(mm)
+        return slots
+
+    def _pin_text(self, lm, mm, text) -> list[int]:
+        from .attention import layer_states
+        ids = lm.tokenizer(text, add_special_tokens=False).input_ids
+        states = layer_states(lm, mm.settings.resolved_layer(_depth(lm)), ids)
+        mm.write(states, chapter=-1)  # a pin's write: not a chapter's (the plot skips it)
+        free = [s for s in mm.strongest(states, mm.settings.slots) if not mm.pinned[s]]
+        slots = free[:PIN_SLOTS]
+        mm.set_pinned(slots, True)
+        return slots
+
+    def unpin(self, memory_id: int) -> None:
+        pins = self.pins()
+        slots = pins.pop(str(memory_id), None)
+        if slots is None:
+            return
+        self.novel.store.set_setting(PINS, pins)
+        with self._lock:
+            if self._mm is not None:
+                self._mm.set_pinned(slots, False)
+                self._save(self._mm)
+
+    def _repin(self, lm, mm) -> None:
+        """After a rebuild: pin each pinned memory again (its text, re-derived)."""
+        pins = self.pins()
+        for mid in list(pins):
+            rows = self.novel.store.query("SELECT text FROM memories WHERE id=?", (int(mid),))
+            if rows:
+                pins[mid] = self._pin_text(lm, mm, rows[0]["text"])
+            else:
+                pins.pop(mid)
+        self.novel.store.set_setting(PINS, pins)
+
+    # -- what the UI shows ------------------------------------------------------------
+    def info(self) -> dict:
+        mm = self._mm
+        if mm is None:
+            return {"loaded": False, "writes": 0, "segments": 0, "slots": self.raw()["slots"],
+                    "pinned": sum(len(v) for v in self.pins().values()), "notice": self.notice}
+        return {"loaded": True, "writes": mm.writes, "segments": len(self._segments),
+                "slots": mm.settings.slots,
+                "pinned": int(mm.pinned.sum()), "tokens": mm.tokens,
+                "bytes": self.path().stat().st_size if self.path().exists() else 0,
+                "notice": self.notice}
+
+    def usage(self) -> dict:
+        """Gate mass per slot group per chapter, row strength and pins (for the plot)."""
+        mm = self.matrix()
+        from .matrix import BUCKETS
+        chapters = sorted(c for c in set(mm.chapters.tolist()) if c >= 0)
+        grid = np.zeros((BUCKETS, len(chapters)), np.float32)
+        for j, c in enumerate(chapters):
+            grid[:, j] = mm.usage[mm.chapters == c].sum(0)
+        init = MemoryMatrix(mm.d, mm.settings).M  # the seeded start: drift = strength
+        drift = 1.0 - (mm.M * init).sum(1)
+        per = mm.settings.slots // BUCKETS
+        return {"chapters": chapters, "usage": grid.tolist(),
+                "strength": drift.reshape(BUCKETS, per).mean(1).tolist(),
+                "pinned": mm.pinned.reshape(BUCKETS, per).sum(1).tolist(),
+                "per_bucket": per}
+
+    # -- hooks ------------------------------------------------------------------------
+    def after_accept(self, novel, chapter_id, passage_id) -> None:
+        if self.raw()["on"]:
+            self.matrix()
+
+    def reader(self, lm):
+        """(context factory or None, cache-key part) for a Continue. Outside the lock."""
+        if not self.raw()["on"]:
+            return None, None
+        mm = self.matrix()
+        if mm.writes == 0:
+            return None, None
+        tokens = self.tokens(lm, mm)
+        key = ("matrix", mm.writes, int(mm.pinned.sum()), self.raw()["adapter"],
+               float(np.abs(mm.M).sum()))
+        from .attention import matrix_tokens
+        return (lambda: matrix_tokens(lm, tokens)), key
+
+    def tokens(self, lm, mm: MemoryMatrix) -> dict:
+        return read_tokens(lm, mm, self._load_adapter(lm))
+
+    def _load_adapter(self, lm):
+        """The trained read path, or None (CountSketch) with a notice when it is unusable."""
+        path = self.raw()["adapter"]
+        if not path:
+            return None
+        if self._adapter is None:
+            from ..train.memory import load_adapter
+            try:
+                self._adapter = load_adapter(path, lm)
+            except MatrixError as e:
+                self.notice = f"The trained memory read path is unusable ({e}); reading " \
+                              "the matrix through its CountSketch instead."
+                return None
+        return self._adapter
+
+    def new_notice(self) -> str:
+        """The notice, once: what a Continue should tell the writer."""
+        if self.notice and self.notice != self._told:
+            self._told = self.notice
+            return self.notice
+        return ""
+

@@ -10,14 +10,20 @@ from engine.novel import NovelError
 
 
 
+EVERY = [("each passage", "passage"), ("each paragraph", "paragraph"),
+         ("every 100 tokens", "100"), ("every 250 tokens", "250")]
+
+
 def layout() -> dict:
     t = {}
     with gr.Accordion("Margin notes (the model's thoughts)", open=True, elem_id="thoughts"):
         with gr.Row():
             t["show"] = gr.Checkbox(label="Show margin notes", value=True,
                                     elem_id="thoughts-show")
-            t["on"] = gr.Checkbox(label="Note after each passage", value=True,
+            t["on"] = gr.Checkbox(label="Margin notes on", value=True,
                                   elem_id="thoughts-on")
+            t["every"] = gr.Dropdown(label="A note after", value="passage", choices=EVERY,
+                                     elem_id="thoughts-every")
             t["plan"] = gr.Checkbox(label="Plan first", value=False, elem_id="thoughts-plan")
             t["mode"] = gr.Dropdown(label="Notes written by", value="prompt",
                                     choices=[("a summarising prompt", "prompt"),
@@ -56,8 +62,7 @@ def wire(lib, t, novel_dd, chapter_radio, after: list) -> None:
 
     def refresh(name, cid, show, pick=None, msg=""):
         if not name or cid is None:
-            return ("", gr.Dropdown(choices=[], value=None), "", msg, gr.update(), gr.update(),
-                    gr.update())
+            return ("", gr.Dropdown(choices=[], value=None), "", msg, *[gr.update()] * 4)
         novel = lib.open(name)
         rows = novel.list_thoughts(cid)
         choices = [(f"#{r['id']}: {r['text'][:50]}", r["id"]) for r in rows]
@@ -65,9 +70,10 @@ def wire(lib, t, novel_dd, chapter_radio, after: list) -> None:
         text = novel.thoughts.get(pick)["text"] if pick is not None else ""
         s = novel.thought_settings()
         return (_render(novel, cid, show), gr.Dropdown(choices=choices, value=pick), text, msg,
-                s["on"], s["plan_first"], s["mode"])
+                s["on"], s["plan_first"], s["mode"], _every_choice(s["every"]))
 
-    outs = [t["notes"], t["pick"], t["text"], t["status"], t["on"], t["plan"], t["mode"]]
+    outs = [t["notes"], t["pick"], t["text"], t["status"], t["on"], t["plan"], t["mode"],
+            t["every"]]
     ins = [novel_dd, chapter_radio, t["show"]]
     for ev in after:
         ev.then(refresh, ins, outs, show_progress="hidden")
@@ -87,8 +93,7 @@ def wire(lib, t, novel_dd, chapter_radio, after: list) -> None:
                 pick = fn(novel, cid, pick, text)
                 return refresh(name, cid, show, pick, ok(message))
             except USER_ERRORS as e:
-                return (*[gr.update()] * 3, err(e),
-                        gr.update(), gr.update(), gr.update())
+                return (*[gr.update()] * 3, err(e), *[gr.update()] * 4)
         return handler
 
     def need(pick):
@@ -103,16 +108,25 @@ def wire(lib, t, novel_dd, chapter_radio, after: list) -> None:
     t["delete"].click(act(lambda n, cid, p, x: n.delete_thought(need(p)), "Note deleted."),
                       full, outs)
 
-    def settings(name, on, plan, mode):
+    def settings(name, on, plan, mode, every):
         if not name:
-            return "", gr.update()
+            return "", gr.update(), gr.update()
         novel = lib.open(name)
         try:
-            novel.set_thought_settings(on=on, plan_first=plan, mode=mode)
-            return "", gr.update()
+            novel.set_thought_settings(on=on, plan_first=plan, mode=mode, every=every)
+            return "", gr.update(), gr.update()
         except USER_ERRORS as e:  # e.g. self mode with no tuned adapter: say so, stay put
-            return err(e), novel.thought_settings()["mode"]
+            s = novel.thought_settings()
+            return err(e), s["mode"], _every_choice(s["every"])
 
-    for box in (t["on"], t["plan"], t["mode"]):
-        box.input(settings, [novel_dd, t["on"], t["plan"], t["mode"]],
-                  [t["status"], t["mode"]])
+    boxes = [t["on"], t["plan"], t["mode"], t["every"]]
+    for box in boxes:
+        box.input(settings, [novel_dd, *boxes], [t["status"], t["mode"], t["every"]])
+
+
+def _every_choice(every) -> gr.Dropdown:
+    """The cadence as the dropdown shows it (a token count set from the CLI included)."""
+    value = str(every)
+    choices = EVERY if value in {v for _, v in EVERY} else [*EVERY, (f"every {value} tokens",
+                                                                     value)]
+    return gr.Dropdown(choices=choices, value=value)

@@ -72,8 +72,9 @@ def cmd_write(args) -> int:
     if args.no_thoughts or args.plan_first:
         novel.set_thought_settings(on=not args.no_thoughts, plan_first=args.plan_first)
     mode = "self" if args.self_commentary else args.thought_mode
-    if mode or args.thought_adapter is not None:
-        novel.set_thought_settings(mode=mode, adapter=args.thought_adapter)
+    if mode or args.thought_adapter is not None or args.note_every is not None:
+        novel.set_thought_settings(mode=mode, adapter=args.thought_adapter,
+                                   every=args.note_every)
     sampling = Sampling(temperature=args.temperature, top_p=args.top_p,
                         max_new_tokens=args.tokens, seed=args.seed)
     last = None
@@ -277,6 +278,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--receipt", default=None, help="write the context receipt here (JSON)")
     p.add_argument("--no-thoughts", action="store_true", help="no margin note (kept as a setting)")
     p.add_argument("--plan-first", action="store_true", help="the note plans the passage first")
+    p.add_argument("--note-every", default=None, metavar="passage|paragraph|N",
+                   help="a margin note after each passage (default), each paragraph, or "
+                        "every N tokens (kept as a setting)")
     p.add_argument("--thought-mode", choices=("prompt", "self"), default=None,
                    help="who writes the notes: a summarising prompt, or the model itself "
                         "tuned by 'train thoughts' (kept as a setting)")

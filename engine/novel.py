@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import context, export, importing, writer
-from .thoughts import BEGIN, Router, ThoughtBook, write_note
+from .thoughts import BEGIN, Router, ThoughtBook, note_points, parse_every, write_note
 from .models import ModelSlot
 from .store import ProjectError, Store, slugify, validate_name, validate_text, MAX_CHAPTER_CHARS
 
@@ -175,6 +175,15 @@ class Novel:
 
     def manuscript(self) -> str:
         return "\n\n".join((c["text"] or "").strip() for c in self.store.chapters())
+
+    def memory_text(self, chapter: dict) -> str:
+        """A chapter as the kNN memory holds it: its prose with every margin note inline,
+        so a note that has left the context can still be recalled inside attention."""
+        return self.thoughts.inline_tail(chapter["id"], chapter["text"] or "", None).strip()
+
+    def memory_book(self) -> str:
+        """The whole book as the kNN memory holds it (see memory_text)."""
+        return "\n\n".join(self.memory_text(c) for c in self.store.chapters())
 
     # -- history ---------------------------------------------------------------
     def undo(self, chapter_id: int) -> str:
@@ -573,15 +582,24 @@ class Novel:
             self.store.update_generation(log_id, status=status, new_tokens=result.new_tokens,
                                          seconds=round(seconds, 3))
         if pid is not None:
-            for hook in self.after_accept:
-                hook(self, chapter_id, pid)
             if (settings["on"] and not settings["plan_first"] and not router.thoughts
                     and not self_mode and status != "cancelled"):
-                yield Event(text=text, status="Writing a margin note…")
-                note = write_note(lm, written, self.bible, seed=sampling.seed,
-                                  cancel=self._cancel)
-                if note:
-                    self.thoughts.add(chapter_id, len(text), note, pid, "model")
+                points = note_points(written, settings["every"], lm.tokenizer)
+                last = 0
+                for i, end in enumerate(points):
+                    if self._cancel.is_set():
+                        break
+                    yield Event(text=text, status="Writing a margin note…" if len(points) == 1
+                                else f"Writing margin note {i + 1} of {len(points)}…")
+                    note = write_note(lm, written[last:end], self.bible,
+                                      seed=sampling.seed + i, cancel=self._cancel)
+                    if note:
+                        self.thoughts.add(chapter_id, len(base) + end, note, pid, "model")
+                    last = end
+            # the memory writers run on the passage with its notes (the kNN store holds
+            # notes inline)
+            for hook in self.after_accept:
+                hook(self, chapter_id, pid)
         stats = {"seed": sampling.seed, "new_tokens": result.new_tokens,
                  "prompt_tokens": result.prompt_tokens, "reused_tokens": result.reused_tokens,
                  "prefill_s": round(result.prefill_s, 2), "decode_s": round(result.decode_s, 2),
@@ -603,14 +621,21 @@ class Novel:
     def thought_settings(self) -> dict:
         """on: a margin note after each passage; plan_first: the note comes before it."""
         return {"on": True, "plan_first": False, "mode": "prompt", "adapter": "",
-                **(self.store.get_setting("thoughts") or {})}
+                "every": "passage", **(self.store.get_setting("thoughts") or {})}
 
     def set_thought_settings(self, on: bool | None = None, plan_first: bool | None = None,
-                             mode: str | None = None, adapter: str | None = None):
+                             mode: str | None = None, adapter: str | None = None,
+                             every=None):
         """mode: 'prompt' (a summarising prompt writes each note) or 'self' (a model tuned
         by 'train thoughts' writes its notes inline); adapter: that tuning's folder, ''
-        for the default one of the loaded model."""
+        for the default one of the loaded model; every: a prompted note after each
+        'passage', each 'paragraph', or every N tokens."""
         s = self.thought_settings()
+        if every is not None:
+            try:
+                s["every"] = parse_every(every)
+            except ValueError as e:
+                raise NovelError(str(e)) from e
         s.update({k: bool(v) for k, v in (("on", on), ("plan_first", plan_first))
                   if v is not None})
         if mode is not None and mode not in THOUGHT_MODES:

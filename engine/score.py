@@ -97,13 +97,14 @@ def settings_from_args(args, base=None):
 
 
 def read_manuscript(project) -> str:
-    """The manuscript: the chapters' current text in order, as Novel gives it."""
+    """The book as its kNN memory holds it: the chapters' current text in order, margin
+    notes inline (Novel.memory_book), so the project's store is reused as it is."""
     project = Path(project)
     try:
         from .novel import Novel
         novel = Novel.open(project)
         try:
-            return novel.manuscript()
+            return novel.memory_book()
         finally:
             novel.close()
     except ImportError:

@@ -9,6 +9,7 @@ that forgets to close (or opens nothing and closes anyway).
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 
 BEGIN, END = "⟦", "⟧"
@@ -215,9 +216,11 @@ class ThoughtBook:
             for tid, anchor in moved.items():
                 db["thoughts"].update(tid, {"anchor": anchor})
 
-    def inline_tail(self, chapter_id: int, prose: str, recent: int = 3) -> str:
-        """The chapter text as the model reads it: its last ``recent`` thoughts inline."""
-        rows = [r for r in self.list(chapter_id) if r["anchor"] <= len(prose)][-recent:]
+    def inline_tail(self, chapter_id: int, prose: str, recent: int | None = 3) -> str:
+        """The chapter text as the model reads it: its last ``recent`` thoughts inline
+        (None: all of them, as the kNN memory holds the chapter)."""
+        rows = [r for r in self.list(chapter_id) if r["anchor"] <= len(prose)]
+        rows = rows[-recent:] if recent is not None else rows
         return with_thoughts(prose, [Thought(r["anchor"], r["text"]) for r in rows])
 
     def margin_markdown(self, prose: str, chapter_id: int) -> str:
@@ -232,6 +235,54 @@ class ThoughtBook:
             last = end
         out.append(prose[last:])
         return "".join(out)
+
+
+EVERY = ("passage", "paragraph")  # or a whole number of tokens (see note_points)
+MIN_NOTE_PIECE = 40  # characters: "He nodded." needs no note of its own
+_SENTENCE_END = re.compile(r"[.!?…][\"'”’)]*$")
+
+
+def parse_every(value) -> str | int:
+    """'passage' | 'paragraph' | N tokens (16..4096) from a setting, a flag or the UI."""
+    v = str(value).strip().lower()
+    if v in EVERY:
+        return v
+    if v.isdigit() and 16 <= int(v) <= 4096:
+        return int(v)
+    raise ValueError(f"A note goes after each passage, each paragraph, or every N tokens "
+                     f"(16 to 4,096), not '{value}'.")
+
+
+def note_points(text: str, every, tokenizer=None) -> list[int]:
+    """Where the notes on a freshly written ``text`` go (offsets into it, each closing the
+    piece of text its note is about): its end ('passage'); the end of each paragraph
+    ('paragraph'); or the first sentence end after each run of N tokens (N). A piece too
+    short to say anything about joins the next one."""
+    end, prose_end = len(text), len(text.rstrip())
+    if prose_end == 0:
+        return []
+    if every == "paragraph":
+        cuts = [m.start() for m in re.finditer(r"\n\s*\n", text) if m.start() < prose_end]
+    elif isinstance(every, int):
+        offsets = tokenizer(text, add_special_tokens=False,
+                            return_offsets_mapping=True)["offset_mapping"]
+        cuts, next_at = [], every
+        for i, (_, b) in enumerate(offsets):
+            if (i + 1 >= next_at and b < prose_end and text[b].isspace()
+                    and _SENTENCE_END.search(text[max(0, b - 4):b])):
+                cuts.append(b)
+                next_at = i + 1 + every
+    else:
+        cuts = []
+    points, last = [], 0
+    for c in [*cuts, end]:
+        if len(text[last:c].strip()) >= MIN_NOTE_PIECE or c == end:
+            if points and len(text[last:c].strip()) < MIN_NOTE_PIECE:
+                points[-1] = c  # a short last piece belongs to the note before it
+            else:
+                points.append(c)
+            last = c
+    return points
 
 
 def write_note(lm, passage: str, bible: dict, plan: bool = False, seed: int = 0,

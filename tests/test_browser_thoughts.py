@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from ui_helpers import continue_and_wait, editor, start_chapter, type_text
+from ui_helpers import continue_and_wait, editor, on_disk, start_chapter, type_text
 
 
 def test_edit_a_thought_and_it_persists(app_server, page):
-    url, _ = app_server
+    url, projects = app_server
     start_chapter(page, url, "Notes Book")
     continue_and_wait(page)
     expect(page.locator("#thoughts-list")).to_contain_text("💭", timeout=60_000)
@@ -28,3 +28,16 @@ def test_edit_a_thought_and_it_persists(app_server, page):
     assert edit not in editor(page).input_value()
     page.locator("#thoughts-show input").uncheck()
     expect(page.locator("#thoughts-list")).to_contain_text("hidden")
+
+    # how often the model writes a note: a setting kept with the novel
+    page.locator("#thoughts-every input").click()
+    page.get_by_role("option", name="each paragraph").click()
+    for _ in range(50):
+        every = on_disk(projects, "Notes Book",
+                        lambda st: (st.get_setting("thoughts") or {}).get("every"))
+        if every == "paragraph":
+            break
+        page.wait_for_timeout(200)
+    assert every == "paragraph"
+    page.reload()
+    expect(page.locator("#thoughts-every input")).to_have_value("each paragraph")

@@ -37,7 +37,8 @@ def reads(monkeypatch):
 
 
 def _manuscript_tokens(novel):
-    return len(novel.model.get().tokenizer(novel.manuscript(),
+    """Tokens the store must hold: the prose with its margin notes inline."""
+    return len(novel.model.get().tokenizer(novel.memory_book(),
                                            add_special_tokens=False).input_ids)
 
 
@@ -119,3 +120,21 @@ def test_corrupt_store_rebuilt_on_open(book, library):
     progress = []
     info = again.rebuild_knn(lambda done, total: progress.append((done, total)))
     assert info["tokens"] == n and progress and progress[-1] == (n, n)
+
+
+def test_margin_notes_enter_the_store_inline_and_follow_edits(book):
+    from engine.thoughts import BEGIN, END
+
+    novel, cid = book
+    novel.set_thought_settings(on=False)
+    n0 = len(novel.knn_store())
+    tid = novel.add_thought(cid, "Orrin hides the bell rope.", anchor=40)
+    book_text = novel.memory_book()
+    assert f"{BEGIN}Orrin hides the bell rope.{END}" in book_text
+    assert BEGIN not in novel.manuscript()  # the book itself never holds a note
+    st = novel.knn_store()
+    tok = novel.model.get().tokenizer
+    assert len(st) == _manuscript_tokens(novel) > n0
+    assert st.tokens.tolist() == tok(book_text, add_special_tokens=False).input_ids
+    novel.edit_thought(tid, "Orrin burns the bell rope.")
+    assert "burns" in tok.decode(novel.knn_store().tokens.tolist())

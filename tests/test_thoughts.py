@@ -69,3 +69,39 @@ def test_note_prompt_has_the_passage_and_the_ask():
     msgs = th.note_messages("Elena hid the letter.", {"title": "Grey Eyes"})
     assert "Elena hid the letter." in msgs[-1]["content"] and "Grey Eyes" in msgs[0]["content"]
     assert "plan" in th.note_messages("x", {}, plan=True)[-1]["content"]
+
+
+PARAS = ["The keeper climbed the stairs and counted every one of them twice.",
+         "Nothing.",
+         "At the top the lamp was cold, and the glass was cracked from edge to edge.",
+         "Below, the sea went on."]
+
+
+def test_note_points_after_each_passage_or_paragraph():
+    text = "\n\n".join(PARAS) + "\n"
+    assert th.note_points(text, "passage") == [len(text)]
+    points = th.note_points(text, "paragraph")
+    # the one-word paragraph joins the next; the short last one joins the note before it
+    assert [text[:p].rstrip()[-8:] for p in points] == ["m twice.", "went on."]
+    assert points[0] == len(PARAS[0]) and points[-1] == len(text)
+    assert th.note_points("  \n", "paragraph") == []
+
+
+def test_note_points_every_n_tokens_cut_at_sentence_ends(tiny_lm):
+    text = " ".join(PARAS)
+    points = th.note_points(text, 40, tiny_lm.tokenizer)  # byte tokenizer: 40 characters
+    assert points[-1] == len(text) and len(points) >= 2
+    for p in points[:-1]:
+        assert text[p - 1] == "." and p >= 40  # a whole sentence, at least N tokens in
+    assert th.note_points(text, 4000, tiny_lm.tokenizer) == [len(text)]
+
+
+def test_parse_every_accepts_only_what_it_can_use():
+    assert th.parse_every("Paragraph") == "paragraph" and th.parse_every("120") == 120
+    for bad in ("sometimes", "8", "-5", "1e3", ""):
+        try:
+            th.parse_every(bad)
+        except ValueError as e:
+            assert "every N tokens" in str(e)
+        else:
+            raise AssertionError(bad)

@@ -120,3 +120,40 @@ def test_thoughts_cli_round_trip(novel):
     assert bad.returncode == 2 and "no thought 999" in bad.stderr
     assert cli("delete", "--id", str(rows[0]["id"])).returncode == 0
     assert json.loads(cli("list", "--json").stdout) == []
+
+
+def test_a_note_after_each_paragraph_anchored_at_its_end(novel, monkeypatch):
+    import engine.novel as novel_mod
+
+    cid = novel.add_chapter("One", "Start.")
+    paras = ["The keeper climbed the stairs and counted every one of them twice.",
+             "At the top the lamp was cold, and the glass was cracked from edge to edge."]
+    written = "\n\n" + "\n\n".join(paras)
+
+    def fake_stream(lm, ids, sampling, cancel=None, prefix=None, prefix_key=None,
+                    forward_context=None, result=None):
+        result.text, result.stop_reason = written, "eos"
+        yield written
+
+    seen = []
+
+    def fake_note(lm, passage, bible, plan=False, seed=0, cancel=None):
+        seen.append(passage)
+        return f"note {len(seen)}"
+
+    monkeypatch.setattr(writer, "stream", fake_stream)
+    monkeypatch.setattr(novel_mod, "write_note", fake_note)
+    novel.set_thought_settings(every="paragraph")
+    list(novel.continue_chapter(cid))
+    text = novel.text(cid)
+    notes = novel.list_thoughts(cid)
+    assert [n["text"] for n in notes] == ["note 1", "note 2"]
+    assert [p.strip() for p in seen] == paras  # each note is about its own paragraph
+    assert [text[:n["anchor"]].rstrip()[-6:] for n in notes] == ["twice.", " edge."]
+    try:
+        novel.set_thought_settings(every="often")
+    except Exception as e:  # noqa: BLE001 - the facade's own error, with the reason
+        assert type(e).__name__ == "NovelError" and "every N tokens" in str(e)
+    else:
+        raise AssertionError("a bad cadence was accepted")
+    assert novel.thought_settings()["every"] == "paragraph"

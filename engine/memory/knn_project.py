@@ -30,7 +30,7 @@ SETTING = "knn"
 
 class ProjectKNN:
     """One novel's kNN memory. ``novel`` gives .store (db), .folder, .model and
-    .manuscript(); the model lock is taken around every forward pass here."""
+    .memory_book() (prose with margin notes inline); the model lock is taken around every forward pass here."""
 
     def __init__(self, novel):
         self.novel = novel
@@ -75,7 +75,7 @@ class ProjectKNN:
         return store_folder(self.novel.folder)
 
     def tokens(self, lm) -> list[int]:
-        text = self.novel.manuscript()
+        text = self.novel.memory_book()  # prose with its margin notes inline
         return list(lm.tokenizer(text, add_special_tokens=False).input_ids) if text else []
 
     def store(self, progress=None, locked: bool = False):
@@ -161,9 +161,10 @@ class ProjectKNN:
         tail = next((b for b in receipt.get("blocks", []) if b["kind"] == "tail"), None)
         tok = lm.tokenizer
         chapters = self.novel.store.chapters()
-        before = "\n\n".join((c["text"] or "").strip() for c in chapters
-                             if c["position"] < self._position(chapters, chapter_id))
-        own = (self.novel.store.chapter(chapter_id)["text"] or "").strip()
+        here = self._position(chapters, chapter_id)
+        before = "\n\n".join(self.novel.memory_text(c) for c in chapters
+                             if c["position"] < here)
+        own = self.novel.memory_text(next(c for c in chapters if c["id"] == chapter_id))
         start = len(tok(before + "\n\n", add_special_tokens=False).input_ids) if before else 0
         own_n = len(tok(own, add_special_tokens=False).input_ids) if own else 0
         kept = tail["tokens"] if tail else 0

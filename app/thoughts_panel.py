@@ -20,11 +20,12 @@ def layout() -> dict:
         with gr.Row():
             t["show"] = gr.Checkbox(label="Show margin notes", value=True,
                                     elem_id="thoughts-show")
-            t["on"] = gr.Checkbox(label="Margin notes on", value=True,
+            t["on"] = gr.Checkbox(label="The model writes notes", value=True,
                                   elem_id="thoughts-on")
+            t["plan"] = gr.Checkbox(label="Plan first", value=False, elem_id="thoughts-plan")
+        with gr.Row():
             t["every"] = gr.Dropdown(label="A note after", value="passage", choices=EVERY,
                                      elem_id="thoughts-every")
-            t["plan"] = gr.Checkbox(label="Plan first", value=False, elem_id="thoughts-plan")
             t["mode"] = gr.Dropdown(label="Notes written by", value="prompt",
                                     choices=[("a summarising prompt", "prompt"),
                                              ("the model itself (tuned by 'train thoughts')",

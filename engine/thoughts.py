@@ -256,13 +256,14 @@ def parse_every(value) -> str | int:
 def note_points(text: str, every, tokenizer=None) -> list[int]:
     """Where the notes on a freshly written ``text`` go (offsets into it, each closing the
     piece of text its note is about): its end ('passage'); the end of each paragraph
-    ('paragraph'); or the first sentence end after each run of N tokens (N). A piece too
+    (each line: 'paragraph'); or the first sentence end after each run of N tokens (N). A piece too
     short to say anything about joins the next one."""
     end, prose_end = len(text), len(text.rstrip())
     if prose_end == 0:
         return []
     if every == "paragraph":
-        cuts = [m.start() for m in re.finditer(r"\n\s*\n", text) if m.start() < prose_end]
+        # a line break is a new paragraph on the page (models rarely leave a blank line)
+        cuts = [m.start() for m in re.finditer(r"\n\s*", text) if m.start() < prose_end]
     elif isinstance(every, int):
         offsets = tokenizer(text, add_special_tokens=False,
                             return_offsets_mapping=True)["offset_mapping"]

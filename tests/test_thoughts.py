@@ -85,6 +85,8 @@ def test_note_points_after_each_passage_or_paragraph():
     assert [text[:p].rstrip()[-8:] for p in points] == ["m twice.", "went on."]
     assert points[0] == len(PARAS[0]) and points[-1] == len(text)
     assert th.note_points("  \n", "paragraph") == []
+    lines = PARAS[0] + "\n" + PARAS[2]  # a line break starts a paragraph too
+    assert th.note_points(lines, "paragraph") == [len(PARAS[0]), len(lines)]
 
 
 def test_note_points_every_n_tokens_cut_at_sentence_ends(tiny_lm):

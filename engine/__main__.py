@@ -348,15 +348,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    bench = p.add_subparsers(dest="bench", required=True)
-    for name in BENCHES:
-        if importlib.util.find_spec(f"engine.evals.{name}") is None:
-            continue  # a benchmark not built yet
-        mod = importlib.import_module(f".evals.{name}", __package__)
-        bp = bench.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0])
-        _model_arg(bp)
-        mod.add_arguments(bp)
-        bp.set_defaults(fn=cmd_bench)
+    _subcommands(p.add_subparsers(dest="bench", required=True), "evals", BENCHES, cmd_bench)
 
     if importlib.util.find_spec("engine.score") is not None:
         score = importlib.import_module(".score", __package__)
@@ -366,16 +358,19 @@ def parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=cmd_score)
 
     p = sub.add_parser("train", help="teach the model: thoughts (inline margin notes), memory")
-    train = p.add_subparsers(dest="what", required=True)
-    for name in TRAINERS:  # engine/train/NAME.py: add_arguments(parser), run(args)
-        if importlib.util.find_spec(f"engine.train.{name}") is None:
-            continue  # a trainer not built yet
-        mod = importlib.import_module(f".train.{name}", __package__)
-        tp = train.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0])
-        _model_arg(tp)
-        mod.add_arguments(tp)
-        tp.set_defaults(fn=cmd_train)
+    _subcommands(p.add_subparsers(dest="what", required=True), "train", TRAINERS, cmd_train)
     return ap
+
+
+def _subcommands(sub, package: str, names, fn) -> None:
+    """One subcommand per module engine/PACKAGE/NAME.py (add_arguments(parser), run(args)),
+    its help the first line of the module's docstring."""
+    for name in names:
+        mod = importlib.import_module(f".{package}.{name}", __package__)
+        p = sub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0])
+        _model_arg(p)
+        mod.add_arguments(p)
+        p.set_defaults(fn=fn)
 
 
 def main(argv=None) -> int:

@@ -51,6 +51,9 @@ def add_knn_arguments(p) -> None:
     p.add_argument("--knn-position", choices=("behind", "exact"), default=None)
     p.add_argument("--knn-preset", choices=("recall", "steer"), default=None)
     p.add_argument("--knn-gate", action="store_true", default=None)
+    p.add_argument("--knn-inject", default=None, metavar="KEY=VALUE,...",
+                   help="override the inject preset: inject_type, k, bf, mf, ts, r, "
+                        "layer_fractions (as 0.5/0.6/0.7)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -78,6 +81,25 @@ def matrix_tokens_for(lm, past_ids, args):
     return read_tokens(lm, mm, adapter) if mm.writes else None
 
 
+def parse_inject(text: str) -> dict:
+    """'r=0.1,k=10,layer_fractions=0.5/0.7' -> overrides of the inject preset."""
+    from .memory.knn import PRESETS
+
+    known, out = set(PRESETS["recall"]), {}
+    for part in filter(None, (x.strip() for x in text.split(","))):
+        key, _, value = part.partition("=")
+        key = key.strip()
+        if key not in known or not value:
+            raise ValueError(f"--knn-inject: '{part}' is not KEY=VALUE with KEY one of "
+                             f"{', '.join(sorted(known))}.")
+        try:
+            out[key] = (tuple(float(v) for v in value.split("/")) if key == "layer_fractions"
+                        else int(value) if key in ("inject_type", "k") else float(value))
+        except ValueError:
+            raise ValueError(f"--knn-inject: '{value}' is not a number ({key}).") from None
+    return out
+
+
 def settings_from_args(args, base=None):
     from .memory.knn import KNNSettings
 
@@ -89,6 +111,8 @@ def settings_from_args(args, base=None):
         v = getattr(args, flag, None)
         if v is not None:
             kw[field] = v
+    if getattr(args, "knn_inject", None):
+        kw["inject"] = parse_inject(args.knn_inject)
     layers = getattr(args, "knn_layers", None)
     if layers:
         from .memory.knn_project import parse_layers

@@ -194,3 +194,17 @@ def test_score_blocks_match_one_token_at_a_time(lm, ids, settings):
     attention.index_tokens(lm, store, past, progress=False)
     with_mem = score_tokens(lm, past, cont, 24, store, settings, block=17)
     assert len(with_mem) == len(cont) and max(abs(a - b) for a, b in zip(got, with_mem)) > 1e-4
+
+
+def test_inject_overrides_from_the_command_line():
+    from engine.score import parse_inject, settings_from_args
+
+    args = argparse.Namespace(knn_mode="inject", knn_preset="steer",
+                              knn_inject="r=0.1, k=12,layer_fractions=0.5/0.75")
+    s = settings_from_args(args)
+    p = s.preset_params()
+    assert (p["r"], p["k"], p["ts"]) == (0.1, 12, 0.01)  # ts still the steer preset's
+    assert s.read_layers(30) == (15, 22)
+    for bad, why in (("zz=1", "not KEY=VALUE"), ("r=high", "not a number"), ("k", "KEY=")):
+        with pytest.raises(ValueError, match=why):
+            parse_inject(bad)

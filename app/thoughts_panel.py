@@ -24,7 +24,7 @@ def layout() -> dict:
                                   elem_id="thoughts-on")
             t["plan"] = gr.Checkbox(label="Plan first", value=False, elem_id="thoughts-plan")
         with gr.Row():
-            t["every"] = gr.Dropdown(label="A note after", value="passage", choices=EVERY,
+            t["every"] = gr.Dropdown(label="A note after", value="paragraph", choices=EVERY,
                                      elem_id="thoughts-every")
             t["mode"] = gr.Dropdown(label="Notes written by", value="prompt",
                                     choices=[("a summarising prompt", "prompt"),

@@ -279,7 +279,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-thoughts", action="store_true", help="no margin note (kept as a setting)")
     p.add_argument("--plan-first", action="store_true", help="the note plans the passage first")
     p.add_argument("--note-every", default=None, metavar="passage|paragraph|N",
-                   help="a margin note after each passage (default), each paragraph, or "
+                   help="a margin note after each paragraph (default), each passage, or "
                         "every N tokens (kept as a setting)")
     p.add_argument("--thought-mode", choices=("prompt", "self"), default=None,
                    help="who writes the notes: a summarising prompt, or the model itself "

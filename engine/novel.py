@@ -621,7 +621,7 @@ class Novel:
     def thought_settings(self) -> dict:
         """on: a margin note after each passage; plan_first: the note comes before it."""
         return {"on": True, "plan_first": False, "mode": "prompt", "adapter": "",
-                "every": "passage", **(self.store.get_setting("thoughts") or {})}
+                "every": "paragraph", **(self.store.get_setting("thoughts") or {})}
 
     def set_thought_settings(self, on: bool | None = None, plan_first: bool | None = None,
                              mode: str | None = None, adapter: str | None = None,

@@ -238,7 +238,7 @@ class ThoughtBook:
 
 
 EVERY = ("passage", "paragraph")  # or a whole number of tokens (see note_points)
-MIN_NOTE_PIECE = 40  # characters: "He nodded." needs no note of its own
+MIN_NOTE_PIECE = 120  # characters: a line of dialogue needs no note of its own
 _SENTENCE_END = re.compile(r"[.!?…][\"'”’)]*$")
 
 

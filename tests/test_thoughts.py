@@ -71,9 +71,13 @@ def test_note_prompt_has_the_passage_and_the_ask():
     assert "plan" in th.note_messages("x", {}, plan=True)[-1]["content"]
 
 
-PARAS = ["The keeper climbed the stairs and counted every one of them twice.",
-         "Nothing.",
-         "At the top the lamp was cold, and the glass was cracked from edge to edge.",
+PARAS = ["The keeper climbed the stairs and counted every one of them twice, as his father "
+         "had, and his father before him, because a lighthouse that is not counted is a "
+         "lighthouse that forgets.",
+         "\"Nothing,\" he said.",
+         "At the top the lamp was cold, and the glass was cracked from edge to edge, and "
+         "through the crack came the smell of the sea and of something older than the sea, "
+         "which he had no name for.",
          "Below, the sea went on."]
 
 
@@ -81,8 +85,9 @@ def test_note_points_after_each_passage_or_paragraph():
     text = "\n\n".join(PARAS) + "\n"
     assert th.note_points(text, "passage") == [len(text)]
     points = th.note_points(text, "paragraph")
-    # the one-word paragraph joins the next; the short last one joins the note before it
-    assert [text[:p].rstrip()[-8:] for p in points] == ["m twice.", "went on."]
+    # the line of dialogue joins the next paragraph; the short last one joins the note
+    # before it
+    assert [text[:p].rstrip()[-6:] for p in points] == ["rgets.", "nt on."]
     assert points[0] == len(PARAS[0]) and points[-1] == len(text)
     assert th.note_points("  \n", "paragraph") == []
     lines = PARAS[0] + "\n" + PARAS[2]  # a line break starts a paragraph too

@@ -126,8 +126,11 @@ def test_a_note_after_each_paragraph_anchored_at_its_end(novel, monkeypatch):
     import engine.novel as novel_mod
 
     cid = novel.add_chapter("One", "Start.")
-    paras = ["The keeper climbed the stairs and counted every one of them twice.",
-             "At the top the lamp was cold, and the glass was cracked from edge to edge."]
+    paras = ["The keeper climbed the stairs and counted every one of them twice, as his "
+             "father had, because a lighthouse that is not counted is a lighthouse that "
+             "forgets what it is for.",
+             "At the top the lamp was cold, and the glass was cracked from edge to edge, and "
+             "through the crack came the smell of something older than the sea itself."]
     written = "\n\n" + "\n\n".join(paras)
 
     def fake_stream(lm, ids, sampling, cancel=None, prefix=None, prefix_key=None,
@@ -149,7 +152,7 @@ def test_a_note_after_each_paragraph_anchored_at_its_end(novel, monkeypatch):
     notes = novel.list_thoughts(cid)
     assert [n["text"] for n in notes] == ["note 1", "note 2"]
     assert [p.strip() for p in seen] == paras  # each note is about its own paragraph
-    assert [text[:n["anchor"]].rstrip()[-6:] for n in notes] == ["twice.", " edge."]
+    assert [text[:n["anchor"]].rstrip()[-7:] for n in notes] == ["is for.", "itself."]
     try:
         novel.set_thought_settings(every="often")
     except Exception as e:  # noqa: BLE001 - the facade's own error, with the reason

@@ -266,7 +266,7 @@ def test_self_mode_refuses_a_missing_foreign_or_unknown_setting(novel, tiny_lm, 
     saved_adapter(tiny_lm, tt.default_dir(tiny_lm))
     novel.set_thought_settings(mode="self")
     assert novel.thought_settings() == {"on": True, "plan_first": False, "mode": "self",
-                                        "adapter": "", "every": "passage"}
+                                        "adapter": "", "every": "paragraph"}
 
 
 def corpus(tmp_path):

@@ -69,7 +69,9 @@ def test_chapters_add_rename_reorder_delete(app_server, page):
     expect(page.locator("#chapters")).to_contain_text("Chapter 1")
     page.locator("#add-chapter").click()
     expect(page.locator("#chapters")).to_contain_text("2. Chapter 2")
-    page.locator("#chapter-title input, #chapter-title textarea").first.fill("The Storm")
+    title = page.locator("#chapter-title input, #chapter-title textarea").first
+    expect(title).to_have_value("Chapter 2")  # the new chapter is open before renaming it
+    title.fill("The Storm")
     page.locator("#rename-chapter").click()
     expect(page.locator("#chapters")).to_contain_text("2. The Storm")
     page.locator("#chapter-up").click()

@@ -4,7 +4,8 @@ Pride and Prejudice with invented names; the past is chapters 1..K (indexed into
 the kNN store), chapters K+1..K+M are scored with window W (engine.score blocks),
 each chapter after the previous ones (which stay readable through memory). With
 --matrix, chapters 1..K are also written into a fresh memory matrix (CountSketch read,
-or --matrix-adapter) and scored with its memory tokens alone and with kNN ("all").
+or --matrix-adapter) and scored with its memory tokens alone and with kNN ("all"), and,
+as a control, with a matrix written from as many tokens of chapters 40 on.
 """
 from __future__ import annotations
 
@@ -61,6 +62,13 @@ def run(args) -> int:
                                                          store.clone(len(past), settings),
                                                          settings, tokens=tokens)), 3)
         extra["seconds_all"] = round(time.perf_counter() - t, 1)
+        # control: a matrix of as many tokens from far later in the book (chapters 40 on):
+        # a gain that survives it comes from the extra tokens, not from remembering
+        other = [t for c in encode_chapters(lm, [t for t, _ in renamed_chapters()[39:]])
+                 for t in c][:len(past)]
+        tokens = matrix_tokens_for(lm, other, args)
+        extra["perplexity_matrix_control"] = round(ppl(score_tokens(
+            lm, past, scored, W, None, settings, tokens=tokens)), 3)
         extra["matrix_adapter"] = getattr(args, "matrix_adapter", None)
     out = {"model": lm.name, "past_tokens": len(past), "scored_tokens": len(scored),
            "window": W, "perplexity_window": round(ppl(none), 3),
@@ -74,5 +82,6 @@ def run(args) -> int:
               f"({len(past)} tokens), W={W}: perplexity window {out['perplexity_window']}"
               f"  window+kNN {out['perplexity_knn']}  ({t_none:.1f}s / {t_knn:.1f}s)"
               + (f"  window+matrix {extra['perplexity_matrix']}  window+kNN+matrix "
-                 f"{extra['perplexity_all']}" if extra else ""))
+                 f"{extra['perplexity_all']}  window+matrix of other chapters (control) "
+                 f"{extra['perplexity_matrix_control']}" if extra else ""))
     return 0

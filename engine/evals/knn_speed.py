@@ -56,7 +56,14 @@ def decode_speed(lm, settings, store_tokens=2048, new_tokens=48, repeats=2,
     from ..memory.knn import new_store
     from ._book import encode_chapters, renamed_chapters
 
-    ids = [t for c in encode_chapters(lm, [t for t, _ in renamed_chapters()[:6]]) for t in c]
+    ids = []
+    for text, _ in renamed_chapters():  # as many chapters as the store and prompt need
+        ids += encode_chapters(lm, [text])[0]
+        if len(ids) >= store_tokens + prompt_tokens:
+            break
+    if len(ids) < store_tokens + prompt_tokens:
+        raise ValueError(f"the book has {len(ids)} tokens: too few for a store of "
+                         f"{store_tokens} and a prompt of {prompt_tokens}")
     past, prompt = ids[:store_tokens], ids[store_tokens:store_tokens + prompt_tokens]
     store = new_store(None, lm, settings)
     index_tokens(lm, store, past, progress=False)

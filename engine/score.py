@@ -51,6 +51,8 @@ def add_knn_arguments(p) -> None:
     p.add_argument("--knn-position", choices=("behind", "exact"), default=None)
     p.add_argument("--knn-preset", choices=("recall", "steer"), default=None)
     p.add_argument("--knn-gate", action="store_true", default=None)
+    p.add_argument("--knn-approx-threshold", type=int, default=None,
+                   help="vectors per index from which search is approximate (IVF)")
     p.add_argument("--knn-inject", default=None, metavar="KEY=VALUE,...",
                    help="override the inject preset: inject_type, k, bf, mf, ts, r, "
                         "layer_fractions (as 0.5/0.6/0.7)")
@@ -107,7 +109,7 @@ def settings_from_args(args, base=None):
     kw = {}
     for flag, field in (("knn_mode", "mode"), ("knn_k", "k"), ("knn_heads", "heads"),
                         ("knn_position", "position"), ("knn_preset", "preset"),
-                        ("knn_gate", "gate")):
+                        ("knn_gate", "gate"), ("knn_approx_threshold", "approx_threshold")):
         v = getattr(args, flag, None)
         if v is not None:
             kw[field] = v

@@ -208,3 +208,27 @@ def test_inject_overrides_from_the_command_line():
     for bad, why in (("zz=1", "not KEY=VALUE"), ("r=high", "not a number"), ("k", "KEY=")):
         with pytest.raises(ValueError, match=why):
             parse_inject(bad)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_index_grows_without_a_rebuild_until_the_store_doubles(kind):
+    rng = np.random.default_rng(1)
+    d = 16
+    x = rng.standard_normal((1, 5000, d)).astype(np.float16)
+    s = KNNSettings(layers=(0,), approx_threshold=500, approx=kind, nprobe=64,
+                    ef_search=128)
+    store = KNNStore(None, (0,), 1, d, "fp", s)
+    store.add({0: x[:, :2000]}, {0: x[:, :2000]}, np.arange(2000))
+    store.build_index()
+    built = store._index[(0, 0)]
+    store.add({0: x[:, 2000:3000]}, {0: x[:, 2000:3000]}, np.arange(2000, 3000))
+    assert store._index[(0, 0)] is built and built.ntotal == 3000  # grown, not rebuilt
+    q = rng.standard_normal((20, d)).astype(np.float32)  # the new entries are searched too
+    _, ids = store.search(0, 0, q, 10)
+    exact = np.argsort(-(q @ x[0, :3000].astype(np.float32).T), axis=1)[:, :10]
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact)]) > 0.8
+    assert (ids >= 2000).any()
+    store.add({0: x[:, 3000:]}, {0: x[:, 3000:]}, np.arange(3000, 5000))
+    assert store._index == {}  # past twice its trained size: rebuilt on the next search
+    store.search(0, 0, q, 1)
+    assert store._index[(0, 0)] is not built and store._index[(0, 0)].ntotal == 5000

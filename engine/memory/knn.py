@@ -69,10 +69,14 @@ class KNNSettings:
     ~0.75 KB/token/layer (fp16 keys and values, 3 KV heads x 64 dims): ~11 KB per
     token for 15 layers. ``exact`` positions at 15-29: names -3.346 (gap closed
     0.795), all tokens -3.246: behind recalls far names better, so it stays default.
-    Cost (bench speed, quiet moment): decode 13.3 tok/s off, 6.8 on with 15 layers
-    (ratio 0.51; one layer: 0.84); per-layer retrieval 1.4 ms/token at 10k flat,
-    4.6 ms at 30k flat, 0.75 ms at 50k IVF-SQ8 and 2.1 ms at 1M IVF-SQ8 (busy cores),
-    hence ``approx_threshold`` 32,768 (a 100k flat index cost 47 ms/token).
+    Cost (bench speed; earlier figures on busier cores): decode 13.3 tok/s off, 6.8 on
+    with 15 layers before decode steps searched a layer in one call (ratio 0.51); since
+    then 14.6 off, 13.2 on at a 2k-token store (0.91), but 0.55 at 32k tokens in exact
+    (flat) indexes, 0.90 at 32k in IVF-SQ8. Per-layer retrieval 0.64 ms/token at 10k
+    flat, 0.46 ms at 100k IVF, 1.6 ms at 1M IVF. IVF loses little here (bench recall
+    K=3 forced to IVF: names -2.425 vs -2.424 flat, all tokens -3.268 vs -3.261), hence
+    ``approx_threshold`` 8,192; an IVF index takes new entries without retraining until
+    the store has doubled (``KNNStore._can_grow``).
     """
     mode: str = "attend"            # attend | inject
     layers: tuple | None = None     # attend layers; None -> default_layers(depth)
@@ -85,7 +89,7 @@ class KNNSettings:
     gate_bias: float = -4.0         # b_h init: memory starts near zero
     preset: str = "recall"          # inject preset: recall | steer
     inject: dict = field(default_factory=dict)  # overrides of the preset's fields
-    approx_threshold: int = 32_768   # vectors per index before going approximate (speed bench)
+    approx_threshold: int = 8_192    # vectors per index before going approximate (see above)
     approx: str = "ivf"             # ivf | hnsw
     nprobe: int = 16                # IVF lists searched
     ef_search: int = 64             # HNSW beam
@@ -186,6 +190,7 @@ class KNNStore:
         self._index: dict = {}          # (layer, head) -> faiss index
         self._dense: dict = {}          # (layer, head) -> float32 torch keys (batch search)
         self._kind = "flat"
+        self._built_n = 0               # entries when the indexes were last built
         self._last_params = None        # (key, (params, selector)) of the last search
         self._gpu = None
         self.saved_stamp = None         # the stamp read from disk (load)
@@ -224,11 +229,20 @@ class KNNStore:
         self.positions = np.concatenate([self.positions, positions])
         tok = np.full(n, -1, np.int32) if tokens is None else np.asarray(tokens, np.int32)
         self.tokens = np.concatenate([self.tokens, tok])
-        if self._kind == "flat" and len(self) <= self.settings.approx_threshold and self._index:
+        if self._index and self._can_grow():
             for (l, h), index in self._index.items():
                 index.add(np.ascontiguousarray(k32(self.keys[l][h, -n:])))
         else:
             self._index = {}  # rebuilt lazily (and approximate past the threshold)
+
+    def _can_grow(self) -> bool:
+        """Whether new entries can join the current indexes instead of a rebuild: a flat
+        index up to the threshold; an approximate one until the store has doubled since
+        its lists were trained (a rebuild per accepted passage cost seconds per layer on
+        a big book, while quantiser and lists trained on half the data still fit)."""
+        if self._kind == "flat":
+            return len(self) <= self.settings.approx_threshold
+        return len(self) <= 2 * self._built_n
 
     def truncate(self, n: int) -> None:
         """Keep the first n entries (what an edit or deletion did not touch)."""
@@ -255,6 +269,7 @@ class KNNStore:
         faiss = _faiss()
         n, s = len(self), self.settings
         self._index = {}
+        self._built_n = n
         if n <= s.approx_threshold:
             self._kind = "flat"
         else:
@@ -466,7 +481,7 @@ class KNNStore:
                         if index.ntotal != n or index.d != store.head_dim:
                             raise StoreError("index size does not match the arrays")
                         store._index[(l, h)] = index
-                store._kind = kind
+                store._kind, store._built_n = kind, n
             except RuntimeError as e:
                 raise StoreError(f"unreadable FAISS index in {folder}: {e}") from e
             want = "flat" if n <= store.settings.approx_threshold else store.settings.approx

@@ -283,7 +283,9 @@ class KNNStore:
                     index = faiss.IndexHNSWFlat(self.head_dim, 32, faiss.METRIC_INNER_PRODUCT)
                     index.hnsw.efConstruction = 64
                 else:
-                    nlist = int(min(4096, max(16, 4 * np.sqrt(n))))
+                    # ~4 sqrt(n) lists, but at least 39 training points each (FAISS warns,
+                    # and its centroids are noise, below that)
+                    nlist = int(min(4096, max(16, min(4 * np.sqrt(n), n / 39))))
                     quant = faiss.IndexFlatIP(self.head_dim)
                     index = faiss.IndexIVFScalarQuantizer(
                         quant, self.head_dim, nlist, faiss.ScalarQuantizer.QT_8bit,

@@ -71,8 +71,6 @@ def test_too_few_neighbours_is_not_exact(lm, ids):
 
 @torch.no_grad()
 def test_incremental_decoding_matches_one_pass(lm, ids):
-    from transformers import DynamicCache
-
     s = KNNSettings(layers=(1, 3), k=8)
     store = new_store(None, lm, s)
     index_tokens(lm, store, ids[0, :48].tolist(), progress=False)
@@ -81,13 +79,8 @@ def test_incremental_decoding_matches_one_pass(lm, ids):
     with knn_memory(lm, store, s, horizon=48):
         # logits at positions 63..70: the ones decoding produces step by step
         one = lm.model(torch.cat([prompt, cont], 1)).logits[:, 15:23]
-        cache = DynamicCache(config=lm.model.config)
-        out = lm.model(prompt, past_key_values=cache, use_cache=True)
-        steps = [out.logits[:, -1:]]
-        for t in range(cont.shape[1] - 1):
-            out = lm.model(cont[:, t:t + 1], past_key_values=cache, use_cache=True)
-            steps.append(out.logits)
-    torch.testing.assert_close(torch.cat(steps, 1), one, atol=2e-4, rtol=1e-4)
+        steps = _decode_logits(lm, prompt, cont)
+    torch.testing.assert_close(steps, one, atol=2e-4, rtol=1e-4)
     with knn_memory(lm, None, s):
         plain = lm.model(torch.cat([prompt, cont], 1)).logits[:, 15:23]
     assert (plain - one).abs().max() > 1e-4  # memory was read
@@ -104,8 +97,6 @@ def test_incremental_decoding_matches_one_pass(lm, ids):
 ])
 def test_decode_step_matches_one_pass_variants(lm, ids, kw, read):
     """The single-query decode path (_attend_one) gives what the general path gives."""
-    from transformers import DynamicCache
-
     s = KNNSettings(**{"layers": (0, 2, 3), "k": 8, **kw})
     store = new_store(None, lm, s)
     index_tokens(lm, store, ids[0, :48].tolist(), progress=False)
@@ -114,14 +105,23 @@ def test_decode_step_matches_one_pass_variants(lm, ids, kw, read):
     with knn_memory(lm, store, s, **read) as st:
         one = lm.model(torch.cat([prompt, cont], 1)).logits[:, 15:23]
         searches = st.stats["searches"]
-        cache = DynamicCache(config=lm.model.config)
-        out = lm.model(prompt, past_key_values=cache, use_cache=True)
-        steps = [out.logits[:, -1:]]
-        for t in range(cont.shape[1] - 1):
-            out = lm.model(cont[:, t:t + 1], past_key_values=cache, use_cache=True)
-            steps.append(out.logits)
+        steps = _decode_logits(lm, prompt, cont)
     assert st.stats["searches"] > 2 * searches
-    torch.testing.assert_close(torch.cat(steps, 1), one, atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(steps, one, atol=2e-4, rtol=1e-4)
+
+
+def _decode_logits(lm, prompt, cont):
+    """Logits of the last prompt position and of cont[:-1], decoded one token at a time
+    with a cache (what a one-pass forward gives at those positions)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=lm.model.config)
+    out = lm.model(prompt, past_key_values=cache, use_cache=True)
+    steps = [out.logits[:, -1:]]
+    for t in range(cont.shape[1] - 1):
+        out = lm.model(cont[:, t:t + 1], past_key_values=cache, use_cache=True)
+        steps.append(out.logits)
+    return torch.cat(steps, 1)
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ import re
 
 from playwright.sync_api import expect
 
-from ui_helpers import create_novel, on_disk, type_text
+from ui_helpers import on_disk, start_chapter
 
 OPENING = "The keeper of the north light kept a ledger of every ship that never came home. "
 
@@ -17,10 +17,7 @@ def _stored(projects, name):
 
 def test_knn_panel_on_k_rebuild(app_server, page):
     url, projects = app_server
-    create_novel(page, url, "North Light")
-    expect(page.locator("#status")).to_contain_text("Created")
-    type_text(page.locator("#editor textarea"), OPENING)
-    expect(page.locator("#status")).to_contain_text("Saved")
+    start_chapter(page, url, "North Light", OPENING)
 
     page.locator("#knn-panel").get_by_text("Long memory (kNN)", exact=True).first.click()
     expect(page.locator("#knn-rebuild")).to_be_visible()

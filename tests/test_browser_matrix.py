@@ -6,7 +6,7 @@ import re
 
 from playwright.sync_api import expect
 
-from ui_helpers import create_novel, on_disk, type_text
+from ui_helpers import on_disk, start_chapter
 
 TEXT = ("The keeper of the north light kept a ledger of every ship that never came home, "
         "and in its margins he drew the faces of their sailors from memory. ") * 5
@@ -24,10 +24,7 @@ def _pins(projects, name):
 
 def test_matrix_panel_plot_pin_reload_reset(app_server, page):
     url, projects = app_server
-    create_novel(page, url, "Ledger")
-    expect(page.locator("#status")).to_contain_text("Created")
-    type_text(page.locator("#editor textarea"), TEXT)
-    expect(page.locator("#status")).to_contain_text("Saved")
+    start_chapter(page, url, "Ledger", TEXT)
     page.locator("#memories").get_by_text("Memories", exact=True).first.click()
     page.locator("#memory-new textarea").fill(FACT)
     page.locator("#memory-new-pin input[type=checkbox]").uncheck()

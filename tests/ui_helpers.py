@@ -29,11 +29,11 @@ def create_novel(page, url, title="The Lighthouse", name=""):
     page.locator("#create-novel").click()
 
 
-def start_chapter(page, url, title):
-    """A new novel whose first chapter holds the typed OPENING, saved."""
+def start_chapter(page, url, title, text=OPENING):
+    """A new novel whose first chapter holds the typed ``text``, saved."""
     create_novel(page, url, title)
     expect(status(page)).to_contain_text("Created")
-    type_text(editor(page), OPENING)
+    type_text(editor(page), text)
     expect(status(page)).to_contain_text("Saved")
 
 

@@ -125,6 +125,9 @@ def browser():
 def page(browser):
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
     pg = ctx.new_page()
-    pg.set_default_timeout(30_000)
+    # Actions wait up to 90 s for the page to be ready: in a fresh CI checkout the first
+    # use of the embedding model kept a memory-panel event (and its overlay) pending
+    # for over 30 s, while on a warm machine the same step takes under a second.
+    pg.set_default_timeout(90_000)
     yield pg
     ctx.close()

@@ -479,8 +479,7 @@ class Novel:
 
     def matrix_usage(self, progress=None) -> dict:
         """Gate mass per slot group per chapter, strength and pins (brings M up to date)."""
-        self._matrix.matrix(progress)
-        return self._matrix.usage()
+        return self._matrix.usage(progress)
 
     def reset_matrix(self) -> dict:
         """Start M again from its seed; pinned memories are written and pinned again."""

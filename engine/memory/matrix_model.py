@@ -18,17 +18,23 @@ def depth(lm) -> int:
 def write_ids(lm, mm: MemoryMatrix, ids, segment: int = SEGMENT, chapter: int = 0,
               prefix=(), progress=None) -> MemoryMatrix:
     """Write every full ``segment`` of ``ids`` (each read after the one before)."""
+    segs = [(chapter, list(ids[a:a + segment]))
+            for a in range(0, len(ids) - segment + 1, segment)]
+    return write_segments(lm, mm, segs, prefix, progress)
+
+
+def write_segments(lm, mm: MemoryMatrix, segments, prefix=(), progress=None) -> MemoryMatrix:
+    """Write (chapter, token ids) segments in order, each read after the one before
+    (the first after ``prefix``). ``progress``: callable(done, total) or None."""
     from .attention import layer_states
 
     layer = mm.settings.resolved_layer(depth(lm))
     prev = list(prefix)
-    starts = range(0, len(ids) - segment + 1, segment)
-    for i, a in enumerate(starts):
-        seg = list(ids[a:a + segment])
+    for i, (chapter, seg) in enumerate(segments):
         mm.write(layer_states(lm, layer, seg, prefix=prev), chapter)
         prev = seg
         if progress:
-            progress(i + 1, len(starts))
+            progress(i + 1, len(segments))
     return mm
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from .matrix import MatrixError, MatrixSettings, MemoryMatrix
 
 SETTING, PINS = "matrix", "matrix_pins"
-from .matrix_model import SEGMENT, depth as _depth, read_tokens
+from .matrix_model import SEGMENT, depth as _depth, read_tokens, write_segments
 PIN_SLOTS = 4  # slots pinned per pinned memory
 
 
@@ -126,15 +126,9 @@ class ProjectMatrix:
                 self.notice = "The manuscript changed before the last write: matrix rebuilt."
                 mm, self._segments = self._fresh(lm, stamp), []
             todo = segs[len(self._segments):]
-            layer = mm.settings.resolved_layer(_depth(lm))
             prev_ids = segs[len(self._segments) - 1][1] if self._segments else []
-            for i, (chapter, seg, h) in enumerate(todo):
-                from .attention import layer_states
-                mm.write(layer_states(lm, layer, seg, prefix=prev_ids), chapter)
-                self._segments.append(h)
-                prev_ids = seg
-                if progress:
-                    progress(i + 1, len(todo))
+            write_segments(lm, mm, [(c, seg) for c, seg, _ in todo], prev_ids, progress)
+            self._segments += [h for _, _, h in todo]
             if todo or self._mm is not mm:
                 if todo and len(self._segments) == len(todo):
                     self._repin(lm, mm)
@@ -235,9 +229,10 @@ class ProjectMatrix:
                 "bytes": self.path().stat().st_size if self.path().exists() else 0,
                 "notice": self.notice}
 
-    def usage(self) -> dict:
-        """Gate mass per slot group per chapter, row strength and pins (for the plot)."""
-        mm = self.matrix()
+    def usage(self, progress=None) -> dict:
+        """Gate mass per slot group per chapter, row strength and pins (for the plot),
+        after bringing M up to date (``progress`` as in ``matrix``)."""
+        mm = self.matrix(progress)
         from .matrix import BUCKETS
         chapters = sorted(c for c in set(mm.chapters.tolist()) if c >= 0)
         grid = np.zeros((BUCKETS, len(chapters)), np.float32)

@@ -41,7 +41,8 @@ def _layers_text(layers) -> str:
     return ", ".join(str(x) for x in layers)
 
 
-def wire(lib, k: dict, novel_dd) -> None:
+def wire(lib, k: dict, novel_dd, opened: list) -> None:
+    """``opened``: the events that open a novel (the panel then shows its settings)."""
     outs = [k["on"], k["layers"], k["k"], k["info"], k["status"]]
 
     def view(name, msg=""):
@@ -76,7 +77,8 @@ def wire(lib, k: dict, novel_dd) -> None:
             return view(name, err(e))
         return view(name, ok(f"Rebuilt: {info['tokens']:,} tokens."))
 
-    novel_dd.change(view, novel_dd, outs)
+    for ev in opened:
+        ev.then(view, novel_dd, outs)
     k["apply"].click(on_apply, [novel_dd, k["on"], k["layers"], k["k"]], outs)
     k["on"].input(on_apply, [novel_dd, k["on"], k["layers"], k["k"]], outs)
     k["rebuild"].click(on_rebuild, novel_dd, outs)

@@ -71,7 +71,8 @@ def heatmap(usage: dict) -> str:
             f"<span class='mx-l'>slot</span>{head}</div>{''.join(rows)}</div>")
 
 
-def wire(lib, m: dict, novel_dd) -> None:
+def wire(lib, m: dict, novel_dd, opened: list) -> None:
+    """``opened``: the events that open a novel (the panel then shows its matrix)."""
     outs = [m["on"], m["layer"], m["slots"], m["rows"], m["adapter"], m["info"], m["plot"],
             m["memory"], m["status"]]
 
@@ -151,7 +152,8 @@ def wire(lib, m: dict, novel_dd) -> None:
         return view(name, ok("The matrix was written again from the manuscript; pins kept."),
                     plot)
 
-    novel_dd.change(view, novel_dd, outs)
+    for ev in opened:
+        ev.then(view, novel_dd, outs)
     settings = [novel_dd, m["on"], m["layer"], m["slots"], m["rows"], m["adapter"]]
     m["apply"].click(on_apply, settings, outs)
     m["on"].input(on_apply, settings, outs)

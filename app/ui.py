@@ -189,7 +189,7 @@ def build(lib: Library) -> gr.Blocks:
                     *bible_view(name), ok(f"Created “{title.strip()}”."), "", "", "", "",
                     gr.Accordion(open=False))
 
-        create_btn.click(on_create, [new_title, new_premise, new_style, new_name],
+        created = create_btn.click(on_create, [new_title, new_premise, new_style, new_name],
                          page_outputs + [new_title, new_premise, new_style, new_name,
                                          new_novel_box])
 
@@ -356,11 +356,16 @@ def build(lib: Library) -> gr.Blocks:
         export_txt.click(exporter("txt"), novel_dd, [export_file, status])
 
         timer.tick(lambda: lib.model.status(), outputs=model_status, show_progress="hidden")
-        _wire_memory(lib, mem, novel_dd, chapter_radio, editor, receipt_md, receipt_acc)
-        knn_panel.wire(lib, knn, novel_dd)
-        matrix_panel.wire(lib, matrix, novel_dd)
+        # The panels follow the novel through the events that open one, not through
+        # novel_dd.change: after a page load and a "Create" raced, Gradio's dropdown kept
+        # re-firing .change (a thousand panel refreshes in 100 s) and their progress
+        # overlays hid every status message.
+        opened = [loaded, picked_novel, created]
+        _wire_memory(lib, mem, novel_dd, chapter_radio, editor, receipt_md, receipt_acc, opened)
+        knn_panel.wire(lib, knn, novel_dd, opened)
+        matrix_panel.wire(lib, matrix, novel_dd, opened)
         thoughts_panel.wire(lib, notes, novel_dd, chapter_radio,
-                            [continued, retried, picked_chapter, loaded, picked_novel])
+                            [continued, retried, picked_chapter, *opened])
     return demo
 
 
@@ -404,8 +409,10 @@ def _memory_choices(novel, query: str = "") -> list[tuple[str, str]]:
     return out
 
 
-def _wire_memory(lib, m, novel_dd, chapter_radio, editor, receipt_md, receipt_acc) -> None:
-    """Events of the memory panel: each one is a Novel call and a refreshed list."""
+def _wire_memory(lib, m, novel_dd, chapter_radio, editor, receipt_md, receipt_acc,
+                 opened: list) -> None:
+    """Events of the memory panel: each one is a Novel call and a refreshed list;
+    ``opened``: the events that open a novel."""
 
     def listing(name, query, key=None, msg=""):
         if not name:
@@ -469,7 +476,8 @@ def _wire_memory(lib, m, novel_dd, chapter_radio, editor, receipt_md, receipt_ac
         except USER_ERRORS as e:
             return gr.update(), gr.update(), err(e)
 
-    novel_dd.change(refresh, [novel_dd, m["query"]], outs)
+    for ev in opened:
+        ev.then(refresh, [novel_dd, m["query"]], outs)
     m["search"].click(refresh, [novel_dd, m["query"]], outs)
     m["query"].submit(refresh, [novel_dd, m["query"]], outs)
     m["list"].input(lambda name, q, key: listing(name, q, key), [novel_dd, m["query"], m["list"]],

@@ -24,8 +24,16 @@ def _stored(projects, name):
 
 def test_memory_panel_round_trip(app_server, page):
     url, projects = app_server
+    calls = []
+    page.on("request", lambda r: calls.append(r.url) if "queue/join" in r.url else None)
     create_novel(page, url, "Salt Book")
     expect(page.locator("#status")).to_contain_text("Created")
+    # Once the novel is open the page goes quiet: a load racing "Create" once set the
+    # novel dropdown re-firing its change event, ~10 panel refreshes a second, forever.
+    page.wait_for_timeout(1000)
+    before = len(calls)
+    page.wait_for_timeout(3000)
+    assert len(calls) - before <= 3, f"{len(calls) - before} events in 3 s of idling"
     _open_panel(page)
     mem_list, status = page.locator("#memory-list"), page.locator("#memory-status")
 

@@ -51,6 +51,9 @@ def add_knn_arguments(p) -> None:
     p.add_argument("--knn-position", choices=("behind", "exact"), default=None)
     p.add_argument("--knn-preset", choices=("recall", "steer"), default=None)
     p.add_argument("--knn-gate", action="store_true", default=None)
+    p.add_argument("--knn-search-every", type=int, default=None,
+                   help="attend layers per index search; the others re-rank its hits")
+    p.add_argument("--knn-nprobe", type=int, default=None, help="IVF lists searched")
     p.add_argument("--knn-approx-threshold", type=int, default=None,
                    help="vectors per index from which search is approximate (IVF)")
     p.add_argument("--knn-inject", default=None, metavar="KEY=VALUE,...",
@@ -109,7 +112,8 @@ def settings_from_args(args, base=None):
     kw = {}
     for flag, field in (("knn_mode", "mode"), ("knn_k", "k"), ("knn_heads", "heads"),
                         ("knn_position", "position"), ("knn_preset", "preset"),
-                        ("knn_gate", "gate"), ("knn_approx_threshold", "approx_threshold")):
+                        ("knn_gate", "gate"), ("knn_approx_threshold", "approx_threshold"),
+                        ("knn_search_every", "search_every"), ("knn_nprobe", "nprobe")):
         v = getattr(args, flag, None)
         if v is not None:
             kw[field] = v

@@ -61,6 +61,43 @@ def test_exact_with_shifted_local_positions(lm, ids):
 
 
 @torch.no_grad()
+def test_shared_search_with_everything_retrievable_is_exact(lm, ids):
+    """search_every: later layers take their top-k from the searching layer's hits by
+    their own keys; with every key a hit that is still full attention, at half the
+    index searches (of the tiny model's 4 layers, 0 and 3 search)."""
+    full = lm.model(ids).logits
+    s, store = _full_store(lm, ids)
+    with knn_memory(lm, store, s.with_(search_every=1), offset=0, window=W) as every_layer:
+        lm.model(ids)
+    with knn_memory(lm, store, s.with_(search_every=3), offset=0, window=W) as st:
+        got = lm.model(ids).logits
+    torch.testing.assert_close(got, full, atol=2e-4, rtol=1e-4)
+    assert 0 < st.stats["searches"] * 2 <= every_layer.stats["searches"]
+
+
+def test_rerank_is_top_k_of_the_pool():
+    import numpy as np
+
+    from engine.memory.attention import _rerank, _unique_rows
+
+    rng = np.random.default_rng(0)
+    keys = rng.standard_normal((50, 8)).astype(np.float16)
+    vecs = torch.from_numpy(rng.standard_normal((4, 2, 8)).astype(np.float32))
+    pool = _unique_rows(rng.integers(-1, 50, (4, 12)))
+    scores, ids = _rerank(keys, vecs, pool, 3)
+    assert ids.shape == scores.shape == (4, 2, 3)
+    for i in range(4):
+        rows = [r for r in pool[i] if r >= 0]
+        assert len(rows) == len(set(rows))  # duplicates dropped
+        for h in range(2):  # both vectors of row i choose from row i's pool
+            v = vecs[i, h].numpy()
+            best = sorted(rows, key=lambda r: -float(keys[r].astype(np.float32) @ v))
+            assert ids[i, h].tolist() == best[:3]
+    _, few = _rerank(keys, vecs, np.full((4, 2), -1), 3)
+    assert (few == -1).all()  # nothing in the pool: no hit
+
+
+@torch.no_grad()
 def test_too_few_neighbours_is_not_exact(lm, ids):
     full = lm.model(ids).logits
     s, store = _full_store(lm, ids)
@@ -94,6 +131,8 @@ def test_incremental_decoding_matches_one_pass(lm, ids):
     (dict(gap=5), dict(horizon=48, window=6)),            # sliding window: placement moves
     (dict(approx_threshold=16, nprobe=64), dict(horizon=48)),    # IVF: scores recomputed
     (dict(approx_threshold=16, approx="hnsw"), dict(horizon=48)),
+    (dict(search_every=2), dict(horizon=48)),             # layer 2 re-ranks layer 0's hits
+    (dict(search_every=2, heads=0.5, position="exact"), dict(offset=48)),
 ])
 def test_decode_step_matches_one_pass_variants(lm, ids, kw, read):
     """The single-query decode path (_attend_one) gives what the general path gives."""

@@ -232,3 +232,19 @@ def test_approximate_index_grows_without_a_rebuild_until_the_store_doubles(kind)
     assert store._index == {}  # past twice its trained size: rebuilt on the next search
     store.search(0, 0, q, 1)
     assert store._index[(0, 0)] is not built and store._index[(0, 0)].ntotal == 5000
+
+
+@pytest.mark.parametrize("every,searching_layers", [(1, 4), (2, 2), (4, 1)])
+def test_retrieval_bench_plays_every_memory_layer(lm, every, searching_layers):
+    """bench speed's retrieval figure is per token over all memory layers: with
+    search_every N only every N-th of them searches the index."""
+    from engine.evals.knn_speed import retrieval_speed
+
+    s = KNNSettings(layers=(0, 1, 2, 3), search_every=every, approx_threshold=200)
+    rows = retrieval_speed(lm, s, sizes=(150, 400), tokens=4)
+    kv = lm.model.config.num_key_value_heads
+    assert [r["index"] for r in rows] == ["flat", "ivf"]
+    for r in rows:
+        assert r["memory_layers"] == 4
+        assert r["searches_per_token"] == searching_layers * kv
+        assert r["ms_per_token"] > 0

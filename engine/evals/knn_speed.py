@@ -2,9 +2,9 @@
 time per token as the store grows to 1M vectors.
 
 Decode: one prompt, greedy tokens, memory on and off interleaved, best of
-``--knn-repeats``; the store holds real keys/values of book text. Retrieval: one
-memory layer's searches for one decoded token (every query head against its KV
-head's index, plus gathering the values), on stores of synthetic Gaussian keys of
+``--knn-repeats``; the store holds real keys/values of book text. Retrieval: the
+memory work of one decoded token over all memory layers (index searches, re-ranks
+when ``search_every`` > 1, value gathers), on stores of synthetic Gaussian keys of
 the model's head shape, exact (flat) below the approximate threshold and IVF-SQ8 (or
 HNSW) above it; the build time of each index is reported too.
 """
@@ -81,11 +81,21 @@ def decode_speed(lm, settings, store_tokens=2048, new_tokens=48, repeats=2,
 
 
 def retrieval_speed(lm, settings, sizes=(10_000, 100_000, 1_000_000), tokens=200) -> list:
+    """Per decoded token, what memory reading costs outside the model: at each memory
+    layer either an index search of every KV head (``search_every``) or a re-rank of
+    the searching layer's hits, then the gather of the values. Every layer is played
+    on one stored layer of ``n`` synthetic keys (the same size and access pattern as
+    the real layers; storing 15 real layers of 1M tokens would take 11 GB)."""
+    import torch
+
+    from ..memory.attention import _Pool, _rerank_heads, _unique_rows
     from ..memory.knn import KNNStore, model_shape
 
     depth, kv, hd = model_shape(lm)
     heads = lm.model.config.num_attention_heads
     groups = heads // kv
+    layers = settings.read_layers(depth) if settings.mode == "attend" else (0,)
+    every = max(1, settings.search_every) if settings.mode == "attend" else 1
     rng = np.random.default_rng(0)
     rows = []
     for n in sizes:
@@ -96,15 +106,32 @@ def retrieval_speed(lm, settings, sizes=(10_000, 100_000, 1_000_000), tokens=200
         t = time.perf_counter()
         store.build_index()
         build = time.perf_counter() - t
-        q = rng.standard_normal((tokens, groups, hd), dtype=np.float32)
-        store.search(0, 0, q[0], settings.k)  # warm up
+        q = torch.from_numpy(rng.standard_normal((tokens, kv, groups, hd), dtype=np.float32))
+        values = torch.from_numpy(store.values[0]).reshape(kv * n, hd)
+        offsets = torch.arange(0, kv * n, n).view(kv, 1, 1)
+
+        def token(i):
+            searches = 0
+            for j, _layer in enumerate(layers):
+                if j % every == 0:
+                    _, ids, _ = store.search_layer(0, q[i], settings.k)
+                    searches += kv
+                    pool = _Pool(_unique_rows(ids.reshape(1, -1).numpy()), kv, n)
+                else:
+                    ids = _rerank_heads(store.keys[0], q[i][:, None], pool,
+                                        settings.k)[1].view(kv, groups, -1)
+                flat = (ids.clamp_min(0) + offsets).view(-1)
+                values.index_select(0, flat).float()
+            return searches
+
+        token(0)  # warm up
         t = time.perf_counter()
-        for i in range(tokens):
-            for h in range(kv):
-                _, ids = store.search(0, h, q[i], settings.k)
-                store.values[0][h][np.maximum(ids, 0)].astype(np.float32)
+        searches = sum(token(i) for i in range(tokens))
         ms = (time.perf_counter() - t) / tokens * 1000
         rows.append({"vectors": n, "index": store.kind, "ms_per_token": round(ms, 3),
+                     "memory_layers": len(layers), "search_every": every,
+                     "searches_per_token": searches // tokens,
+                     "ms_per_layer": round(ms / len(layers), 3),
                      "build_s": round(build, 1), "query_heads": heads, "kv_heads": kv})
         del store
     return rows

@@ -27,6 +27,13 @@ Read modes at memory layers (computed eagerly there, in float32, in query chunks
   softmaxes mixed by sigmoid(b_h).
 * ``inject``: the seed's value surgery (DESIGN.md), driven by the newest query's
   attention row; types 1/2/3 and the presets live in knn.PRESETS.
+
+Shared search (``search_every`` N > 1, attend): only every N-th memory layer searches
+the FAISS indexes; its hits, as token rows (a row is the same token at every layer),
+form the query's candidate pool, and the next N-1 memory layers take their own top-k
+from that pool by exact logits with their own keys. The index search is the one cost
+that grows with the book; this divides it by N while each layer still picks by its
+own attention.
 """
 from __future__ import annotations
 
@@ -130,6 +137,10 @@ class _Read:
         self.stats = {"searches": 0, "search_s": 0.0}
         self.rotations: dict = {}  # position -> (cos, sin) for decode steps
         self._heads: dict = {}     # n_heads -> memory heads
+        every = max(1, int(settings.search_every))
+        ordered = sorted(self.layers)
+        self.searching = {l for i, l in enumerate(ordered) if i % every == 0}
+        self.pool: dict = {}       # query chunk start -> candidate rows (B, nq, P)
 
     def heads(self, n_heads: int) -> list[int]:
         got = self._heads.get(n_heads)
@@ -253,6 +264,72 @@ def _retrieve(st, layer, kv_head, vecs, k, n_allowed):
     return ids
 
 
+def _unique_rows(ids: np.ndarray) -> np.ndarray:
+    """Candidate pool: ids (..., P) with duplicates and misses set to -1."""
+    srt = np.sort(ids, axis=-1)
+    dup = np.zeros(srt.shape, bool)
+    dup[..., 1:] = srt[..., 1:] == srt[..., :-1]
+    return np.where(dup, -1, srt)
+
+
+def _rerank(keys: np.ndarray, vecs: torch.Tensor, pool: np.ndarray, k: int):
+    """Top-k of search vectors among their candidate rows, by exact inner product.
+    keys (n, d) fp16 store rows of one (layer, KV head); vecs (m, h, d), the h vectors
+    of row i sharing candidates pool[i] (m, P), -1 for none. Returns (scores, ids) as
+    torch (m, h, k), -inf/-1 where none. Rows are gathered once per pool and converted
+    in torch (numpy's float16 conversion was most of the cost)."""
+    m, P = pool.shape
+    pool_t = torch.from_numpy(np.array(pool))
+    u = torch.from_numpy(keys).index_select(0, pool_t.clamp_min(0).view(-1))
+    sc = torch.matmul(vecs.float(), u.view(m, P, -1).float().transpose(1, 2))  # (m, h, P)
+    sc = sc.masked_fill_((pool_t < 0)[:, None, :], float("-inf"))
+    kk = min(k, P)
+    top, at = sc.topk(kk, dim=-1)
+    ids = pool_t[:, None, :].expand(-1, sc.shape[1], -1).gather(-1, at)
+    ids = ids.masked_fill_(top == float("-inf"), -1)
+    if kk < k:
+        pad = (m, sc.shape[1], k - kk)
+        top = torch.cat([top, torch.full(pad, -float("inf"))], -1)
+        ids = torch.cat([ids, torch.full(pad, -1, dtype=ids.dtype)], -1)
+    return top, ids
+
+
+class _Pool:
+    """A decode step's candidate rows (B, P), laid out once for the re-ranking layers
+    that follow the searching one: the flat row index into every KV head's keys."""
+
+    def __init__(self, rows: np.ndarray, kv_heads: int, n: int):
+        if rows.shape[0] == 1:  # one sequence: keep only real rows, nothing to mask
+            rows = rows[:, rows[0] >= 0]
+        r = torch.from_numpy(np.ascontiguousarray(rows))
+        self.kv, self.B = kv_heads, r.shape[0]
+        self.rows = r.clamp_min(0).repeat(kv_heads, 1)                   # (KV*B, P)
+        offs = torch.arange(0, kv_heads * n, n).repeat_interleave(self.B).view(-1, 1)
+        self.flat = (self.rows + offs).view(-1)
+        self.bad = (r < 0).repeat(kv_heads, 1)[:, None] if bool((r < 0).any()) else None
+
+
+def _rerank_heads(keys: np.ndarray, vecs: torch.Tensor, pool: _Pool, k: int):
+    """``_rerank`` for every KV head in one call (a decode step): keys (KV, n, d),
+    vecs (KV, B, G, d). Returns (scores, ids) (KV, B, G, k), -inf/-1 where none."""
+    KV, n, d = keys.shape
+    m, P = pool.rows.shape
+    u = torch.from_numpy(keys).view(KV * n, d).index_select(0, pool.flat)
+    sc = torch.matmul(vecs.reshape(m, -1, d), u.view(m, P, d).float().transpose(1, 2))
+    if pool.bad is not None:
+        sc.masked_fill_(pool.bad, float("-inf"))
+    kk = min(k, P)
+    top, at = sc.topk(kk, dim=-1)
+    ids = pool.rows[:, None].expand(-1, sc.shape[1], -1).gather(-1, at)
+    if pool.bad is not None:
+        ids.masked_fill_(top == float("-inf"), -1)
+    if kk < k:
+        pad = (m, sc.shape[1], k - kk)
+        top = torch.cat([top, torch.full(pad, -float("inf"))], -1)
+        ids = torch.cat([ids, torch.full(pad, -1, dtype=ids.dtype)], -1)
+    return top.view(KV, pool.B, -1, k), ids.view(KV, pool.B, -1, k)
+
+
 def _gather(st, layer, kv_head, ids):
     safe = np.where(ids >= 0, ids, 0)
     u = torch.from_numpy(st.store.keys[layer][kv_head][safe].astype(np.float32))
@@ -291,6 +368,8 @@ def _attend(st, layer, query, key, value, mask, scaling, q_pos, key_pos):
         if n_allowed.max() <= 0:
             continue
         nq = sl.stop - sl.start
+        searching = layer in st.searching
+        found = []
         # one search per KV head for all of its memory query heads (fewer, larger
         # FAISS calls: at decode time the per-call overhead dominates)
         for g in sorted({h // groups for h in mem_heads}):
@@ -299,8 +378,16 @@ def _attend(st, layer, query, key, value, mask, scaling, q_pos, key_pos):
             qh = qc[:, hs].transpose(0, 1)                            # (nh, B, nq, d)
             # search vectors: the query rotated by -placed (exact logits for behind)
             sv = rotate(qh, -placed[sl], st.inv_freq)
-            ids = _retrieve(st, layer, g, sv.reshape(-1, d).numpy(), s.k,
-                            np.tile(n_allowed, nh * B))
+            if searching:
+                ids = _retrieve(st, layer, g, sv.reshape(-1, d).numpy(), s.k,
+                                np.tile(n_allowed, nh * B))
+                found.append(ids.reshape(nh, B, nq, -1).transpose(1, 2, 0, 3)
+                             .reshape(B, nq, -1))
+            else:
+                pool = st.pool[c0].reshape(B * nq, -1)
+                vecs = sv.permute(1, 2, 0, 3).reshape(B * nq, nh, d)
+                ids = _rerank(st.store.keys[layer][g], vecs, pool, s.k)[1]
+                ids = ids.permute(1, 0, 2).reshape(nh * B * nq, -1).numpy()
             u, v, pos = _gather(st, layer, g, ids)                    # (nh*B*nq, k, d)
             if exact:
                 where = (pos - st.offset).float()
@@ -326,6 +413,8 @@ def _attend(st, layer, query, key, value, mask, scaling, q_pos, key_pos):
                 z = pl.sum(-1, keepdim=True) + pm.sum(-1, keepdim=True)
                 o = torch.matmul(pl, V[:, hs]) + torch.einsum("bhqk,bhqkd->bhqd", pm, v)
                 out[:, hs, sl] = o / z
+        if searching:
+            st.pool[c0] = _unique_rows(np.concatenate(found, -1))
     return out
 
 
@@ -387,9 +476,22 @@ def _attend_one(st, layer, query, key, value, mask, scaling, key_pos):
     import time
     t = time.perf_counter()
     store: KNNStore = st.store
-    scores, ids, exact_scores = store.search_layer(
-        layer, sv, s.k, limit=n_allowed if n_allowed < len(store) else None)
-    st.stats["searches"] += KV
+    mem_heads = st.heads(H)
+    if layer in st.searching:
+        scores, ids, exact_scores = store.search_layer(
+            layer, sv, s.k, limit=n_allowed if n_allowed < len(store) else None)
+        st.stats["searches"] += KV
+        hit = ids.view(KV, B, G, -1).permute(1, 0, 2, 3).clone()       # (B, KV, G, k)
+        if len(mem_heads) < H:  # the pool holds what memory heads found, as in _attend
+            off = torch.ones(H, dtype=torch.bool)
+            off[mem_heads] = False
+            hit[:, off.view(KV, G)] = -1
+        st.pool["decode"] = _Pool(_unique_rows(hit.reshape(B, -1).numpy()), KV, len(store))
+    else:
+        scores, ids = _rerank_heads(store.keys[layer], sv.view(KV, B, G, d), st.pool["decode"],
+                                    s.k)
+        scores, ids = scores.view(KV, B * G, -1), ids.view(KV, B * G, -1)
+        exact_scores = True
     st.stats["search_s"] += time.perf_counter() - t
     k = ids.shape[-1]
     n = len(store)
@@ -413,7 +515,6 @@ def _attend_one(st, layer, query, key, value, mask, scaling, key_pos):
     mem = (mem * scaling).masked_fill_(~valid, float("-inf"))
     mem = mem.view(KV, B, G, k).transpose(0, 1)                     # (B, KV, G, k)
     v = v.view(KV, B, G, k, d).transpose(0, 1)
-    mem_heads = st.heads(H)
     if len(mem_heads) < H:
         off = torch.ones(H, dtype=torch.bool)
         off[mem_heads] = False

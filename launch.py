@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -25,6 +26,16 @@ def parse_args(argv=None):
     return args
 
 
+def _preload_embedder() -> None:
+    """Load the memories' embedding model while the page opens: loaded on first use, it
+    kept a fresh install's first memory search (or Continue) waiting for 30 s and more."""
+    try:
+        from engine.memory.semantic import embedder
+        embedder()
+    except Exception:  # noqa: BLE001 - the memory panel reports it when it is used
+        pass
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
@@ -33,6 +44,7 @@ def main(argv=None) -> int:
     from engine.novel import Library
 
     lib = Library(args.projects_dir, ModelSlot(args.model).start())
+    threading.Thread(target=_preload_embedder, daemon=True, name="embedder-loader").start()
     demo = build(lib)
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     demo.queue(default_concurrency_limit=4).launch(

@@ -51,6 +51,8 @@ def add_knn_arguments(p) -> None:
     p.add_argument("--knn-position", choices=("behind", "exact"), default=None)
     p.add_argument("--knn-preset", choices=("recall", "steer"), default=None)
     p.add_argument("--knn-gate", action="store_true", default=None)
+    p.add_argument("--knn-gate-bias", type=float, default=None,
+                   help="gate mode: memory's share is sigmoid(bias) (default -4)")
     p.add_argument("--knn-search-every", type=int, default=None,
                    help="attend layers per index search; the others re-rank its hits")
     p.add_argument("--knn-nprobe", type=int, default=None, help="IVF lists searched")
@@ -113,7 +115,8 @@ def settings_from_args(args, base=None):
     for flag, field in (("knn_mode", "mode"), ("knn_k", "k"), ("knn_heads", "heads"),
                         ("knn_position", "position"), ("knn_preset", "preset"),
                         ("knn_gate", "gate"), ("knn_approx_threshold", "approx_threshold"),
-                        ("knn_search_every", "search_every"), ("knn_nprobe", "nprobe")):
+                        ("knn_search_every", "search_every"), ("knn_nprobe", "nprobe"),
+                        ("knn_gate_bias", "gate_bias")):
         v = getattr(args, flag, None)
         if v is not None:
             kw[field] = v

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 BENCHES = ("speed", "recall", "perplexity", "sentiment", "continuity", "matrix")
-TRAINERS = ("thoughts", "memory")
+TRAINERS = ("thoughts", "memory", "knn")
 
 
 def _model_arg(p: argparse.ArgumentParser) -> None:
@@ -357,7 +357,8 @@ def parser() -> argparse.ArgumentParser:
         score.add_arguments(p)
         p.set_defaults(fn=cmd_score)
 
-    p = sub.add_parser("train", help="teach the model: thoughts (inline margin notes), memory")
+    p = sub.add_parser("train", help="teach the model: thoughts (inline margin notes), memory, "
+                                     "knn (the kNN memory's read gate)")
     _subcommands(p.add_subparsers(dest="what", required=True), "train", TRAINERS, cmd_train)
     return ap
 

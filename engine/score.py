@@ -53,6 +53,8 @@ def add_knn_arguments(p) -> None:
     p.add_argument("--knn-gate", action="store_true", default=None)
     p.add_argument("--knn-gate-bias", type=float, default=None,
                    help="gate mode: memory's share is sigmoid(bias) (default -4)")
+    p.add_argument("--knn-gate-file", default=None,
+                   help="gate mode with learned biases (python -m engine train knn)")
     p.add_argument("--knn-search-every", type=int, default=None,
                    help="attend layers per index search; the others re-rank its hits")
     p.add_argument("--knn-nprobe", type=int, default=None, help="IVF lists searched")
@@ -116,10 +118,12 @@ def settings_from_args(args, base=None):
                         ("knn_position", "position"), ("knn_preset", "preset"),
                         ("knn_gate", "gate"), ("knn_approx_threshold", "approx_threshold"),
                         ("knn_search_every", "search_every"), ("knn_nprobe", "nprobe"),
-                        ("knn_gate_bias", "gate_bias")):
+                        ("knn_gate_bias", "gate_bias"), ("knn_gate_file", "gate_file")):
         v = getattr(args, flag, None)
         if v is not None:
             kw[field] = v
+    if kw.get("gate_file"):
+        kw["gate"] = True
     if getattr(args, "knn_inject", None):
         kw["inject"] = parse_inject(args.knn_inject)
     layers = getattr(args, "knn_layers", None)

@@ -132,6 +132,9 @@ class _Read:
                                  f"not {sorted(missing)}: call ensure_store with these settings")
         self.layers = set(layers)
         self.inv_freq = rotary_inv_freq(lm)
+        if gates is None and settings.gate and settings.gate_file and self.layers:
+            from ..train.knn import load_gates
+            gates = load_gates(settings.gate_file, lm, sorted(self.layers))
         self.gates = gates
         self.queries: dict = {}  # inject: layer -> {local position: (B, H, d) query}
         self.stats = {"searches": 0, "search_s": 0.0}
@@ -379,7 +382,7 @@ def _attend(st, layer, query, key, value, mask, scaling, q_pos, key_pos):
             # search vectors: the query rotated by -placed (exact logits for behind)
             sv = rotate(qh, -placed[sl], st.inv_freq)
             if searching:
-                ids = _retrieve(st, layer, g, sv.reshape(-1, d).numpy(), s.k,
+                ids = _retrieve(st, layer, g, sv.detach().reshape(-1, d).numpy(), s.k,
                                 np.tile(n_allowed, nh * B))
                 found.append(ids.reshape(nh, B, nq, -1).transpose(1, 2, 0, 3)
                              .reshape(B, nq, -1))

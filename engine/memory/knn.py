@@ -100,7 +100,8 @@ class KNNSettings:
     position: str = "behind"        # behind | exact
     gap: int = 0                    # extra distance behind the window (behind mode)
     gate: bool = False              # separate softmax mixed by sigmoid(b_h)
-    gate_bias: float = -4.0         # b_h init: memory starts near zero
+    gate_bias: float = -4.0         # b_h when no gate file: memory starts near zero
+    gate_file: str | None = None    # learned b per layer and head (python -m engine train knn)
     preset: str = "recall"          # inject preset: recall | steer
     inject: dict = field(default_factory=dict)  # overrides of the preset's fields
     approx_threshold: int = 8_192    # vectors per index before going approximate (see above)

@@ -90,6 +90,12 @@ class KNNSettings:
     every 5th), fewer look-alike contexts being read. IVF forced at K=3, every 3rd:
     nprobe 16 0.917, nprobe 8 0.931 (noise: no loss from fewer probes).
     ``search_every`` 1 is the choice for the best recall on a short book.
+    Gate (separate softmaxes, memory share sigmoid(b)), K=3, every 3rd layer: fixed
+    b = -4: names -7.414 (0.017); b learned by ``train knn`` (P&P chapters 20-40, 60
+    steps; mean share 0.33): -3.253 (0.813), all tokens -3.307 against joint softmax's
+    -2.643 (0.930) and -3.238; perplexity of chapter 4, 27.31 against 25.49 (window
+    alone 27.94). The joint softmax lets each query weigh memory against
+    its context token by token; a per-head constant cannot, so gate stays off.
     """
     mode: str = "attend"            # attend | inject
     layers: tuple | None = None     # attend layers; None -> default_layers(depth)

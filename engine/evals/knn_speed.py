@@ -88,7 +88,7 @@ def retrieval_speed(lm, settings, sizes=(10_000, 100_000, 1_000_000), tokens=200
     the real layers; storing 15 real layers of 1M tokens would take 11 GB)."""
     import torch
 
-    from ..memory.attention import _Pool, _rerank_heads, _unique_rows
+    from ..memory.attention import _Pool, _rerank_heads, _unique_rows, searching_layers
     from ..memory.knn import KNNStore, model_shape
 
     depth, kv, hd = model_shape(lm)
@@ -96,6 +96,7 @@ def retrieval_speed(lm, settings, sizes=(10_000, 100_000, 1_000_000), tokens=200
     groups = heads // kv
     layers = settings.read_layers(depth) if settings.mode == "attend" else (0,)
     every = max(1, settings.search_every) if settings.mode == "attend" else 1
+    searching = searching_layers(layers, every)
     rng = np.random.default_rng(0)
     rows = []
     for n in sizes:
@@ -112,8 +113,8 @@ def retrieval_speed(lm, settings, sizes=(10_000, 100_000, 1_000_000), tokens=200
 
         def token(i):
             searches = 0
-            for j, _layer in enumerate(layers):
-                if j % every == 0:
+            for layer in layers:
+                if layer in searching:
                     _, ids, _ = store.search_layer(0, q[i], settings.k)
                     searches += kv
                     pool = _Pool(_unique_rows(ids.reshape(1, -1).numpy()), kv, n)

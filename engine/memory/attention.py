@@ -140,9 +140,7 @@ class _Read:
         self.stats = {"searches": 0, "search_s": 0.0}
         self.rotations: dict = {}  # position -> (cos, sin) for decode steps
         self._heads: dict = {}     # n_heads -> memory heads
-        every = max(1, int(settings.search_every))
-        ordered = sorted(self.layers)
-        self.searching = {l for i, l in enumerate(ordered) if i % every == 0}
+        self.searching = searching_layers(self.layers, settings.search_every)
         self.pool: dict = {}       # query chunk start -> candidate rows (B, nq, P)
 
     def heads(self, n_heads: int) -> list[int]:
@@ -275,6 +273,24 @@ def _unique_rows(ids: np.ndarray) -> np.ndarray:
     return np.where(dup, -1, srt)
 
 
+def _top_rows(sc: torch.Tensor, rows: torch.Tensor, k: int, bad=None):
+    """The k best candidates of each search vector: sc (m, h, P) scores of the rows
+    (m, P); ``bad`` (m, 1, P) marks no-candidate slots. Returns (scores, ids)
+    (m, h, k), -inf/-1 where fewer than k candidates exist."""
+    if bad is not None:
+        sc.masked_fill_(bad, float("-inf"))
+    kk = min(k, sc.shape[-1])
+    top, at = sc.topk(kk, dim=-1)
+    ids = rows[:, None].expand(-1, sc.shape[1], -1).gather(-1, at)
+    if bad is not None:
+        ids.masked_fill_(top == float("-inf"), -1)
+    if kk < k:
+        pad = (sc.shape[0], sc.shape[1], k - kk)
+        top = torch.cat([top, torch.full(pad, -float("inf"))], -1)
+        ids = torch.cat([ids, torch.full(pad, -1, dtype=ids.dtype)], -1)
+    return top, ids
+
+
 def _rerank(keys: np.ndarray, vecs: torch.Tensor, pool: np.ndarray, k: int):
     """Top-k of search vectors among their candidate rows, by exact inner product.
     keys (n, d) fp16 store rows of one (layer, KV head); vecs (m, h, d), the h vectors
@@ -285,16 +301,7 @@ def _rerank(keys: np.ndarray, vecs: torch.Tensor, pool: np.ndarray, k: int):
     pool_t = torch.from_numpy(np.array(pool))
     u = torch.from_numpy(keys).index_select(0, pool_t.clamp_min(0).view(-1))
     sc = torch.matmul(vecs.float(), u.view(m, P, -1).float().transpose(1, 2))  # (m, h, P)
-    sc = sc.masked_fill_((pool_t < 0)[:, None, :], float("-inf"))
-    kk = min(k, P)
-    top, at = sc.topk(kk, dim=-1)
-    ids = pool_t[:, None, :].expand(-1, sc.shape[1], -1).gather(-1, at)
-    ids = ids.masked_fill_(top == float("-inf"), -1)
-    if kk < k:
-        pad = (m, sc.shape[1], k - kk)
-        top = torch.cat([top, torch.full(pad, -float("inf"))], -1)
-        ids = torch.cat([ids, torch.full(pad, -1, dtype=ids.dtype)], -1)
-    return top, ids
+    return _top_rows(sc, pool_t.clamp_min(0), k, (pool_t < 0)[:, None, :])
 
 
 class _Pool:
@@ -305,7 +312,7 @@ class _Pool:
         if rows.shape[0] == 1:  # one sequence: keep only real rows, nothing to mask
             rows = rows[:, rows[0] >= 0]
         r = torch.from_numpy(np.ascontiguousarray(rows))
-        self.kv, self.B = kv_heads, r.shape[0]
+        self.B = r.shape[0]
         self.rows = r.clamp_min(0).repeat(kv_heads, 1)                   # (KV*B, P)
         offs = torch.arange(0, kv_heads * n, n).repeat_interleave(self.B).view(-1, 1)
         self.flat = (self.rows + offs).view(-1)
@@ -319,18 +326,14 @@ def _rerank_heads(keys: np.ndarray, vecs: torch.Tensor, pool: _Pool, k: int):
     m, P = pool.rows.shape
     u = torch.from_numpy(keys).view(KV * n, d).index_select(0, pool.flat)
     sc = torch.matmul(vecs.reshape(m, -1, d), u.view(m, P, d).float().transpose(1, 2))
-    if pool.bad is not None:
-        sc.masked_fill_(pool.bad, float("-inf"))
-    kk = min(k, P)
-    top, at = sc.topk(kk, dim=-1)
-    ids = pool.rows[:, None].expand(-1, sc.shape[1], -1).gather(-1, at)
-    if pool.bad is not None:
-        ids.masked_fill_(top == float("-inf"), -1)
-    if kk < k:
-        pad = (m, sc.shape[1], k - kk)
-        top = torch.cat([top, torch.full(pad, -float("inf"))], -1)
-        ids = torch.cat([ids, torch.full(pad, -1, dtype=ids.dtype)], -1)
+    top, ids = _top_rows(sc, pool.rows, k, pool.bad)
     return top.view(KV, pool.B, -1, k), ids.view(KV, pool.B, -1, k)
+
+
+def searching_layers(layers, every: int) -> set:
+    """The memory layers that search the index: the first of every ``every`` in order
+    (the ones between re-rank its hits)."""
+    return {l for i, l in enumerate(sorted(layers)) if i % max(1, int(every)) == 0}
 
 
 def _gather(st, layer, kv_head, ids):
@@ -480,14 +483,16 @@ def _attend_one(st, layer, query, key, value, mask, scaling, key_pos):
     t = time.perf_counter()
     store: KNNStore = st.store
     mem_heads = st.heads(H)
+    off = None  # query heads that do not read memory
+    if len(mem_heads) < H:
+        off = torch.ones(H, dtype=torch.bool)
+        off[mem_heads] = False
     if layer in st.searching:
         scores, ids, exact_scores = store.search_layer(
             layer, sv, s.k, limit=n_allowed if n_allowed < len(store) else None)
         st.stats["searches"] += KV
         hit = ids.view(KV, B, G, -1).permute(1, 0, 2, 3).clone()       # (B, KV, G, k)
-        if len(mem_heads) < H:  # the pool holds what memory heads found, as in _attend
-            off = torch.ones(H, dtype=torch.bool)
-            off[mem_heads] = False
+        if off is not None:  # the pool holds what memory heads found, as in _attend
             hit[:, off.view(KV, G)] = -1
         st.pool["decode"] = _Pool(_unique_rows(hit.reshape(B, -1).numpy()), KV, len(store))
     else:
@@ -518,9 +523,7 @@ def _attend_one(st, layer, query, key, value, mask, scaling, key_pos):
     mem = (mem * scaling).masked_fill_(~valid, float("-inf"))
     mem = mem.view(KV, B, G, k).transpose(0, 1)                     # (B, KV, G, k)
     v = v.view(KV, B, G, k, d).transpose(0, 1)
-    if len(mem_heads) < H:
-        off = torch.ones(H, dtype=torch.bool)
-        off[mem_heads] = False
+    if off is not None:
         mem = mem.masked_fill(off.view(1, KV, G, 1), float("-inf"))
     p = torch.softmax(torch.cat([logits, mem], -1), -1)
     out = torch.matmul(p[..., :kv_len], V)

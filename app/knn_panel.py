@@ -5,8 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from app.messages import USER_ERRORS, err, ok
-
-
+from engine.memory.knn_project import layers_text
 
 
 def panel() -> dict:
@@ -29,16 +28,9 @@ def panel() -> dict:
 
 def _info_line(info: dict) -> str:
     size = info["bytes"] / 2**20
-    where = f"layers {_layers_text(info['layers'])}" if info.get("layers") else "not built yet"
+    where = f"layers {layers_text(info['layers'])}" if info.get("layers") else "not built yet"
     return (f"**Stored:** {info['tokens']:,} tokens · index {info['index']} · "
             f"{size:.1f} MB on disk · {where}")
-
-
-def _layers_text(layers) -> str:
-    layers = sorted(layers or [])
-    if layers and layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 2:
-        return f"{layers[0]}-{layers[-1]}"
-    return ", ".join(str(x) for x in layers)
 
 
 def wire(lib, k: dict, novel_dd, opened: list) -> None:
@@ -50,7 +42,7 @@ def wire(lib, k: dict, novel_dd, opened: list) -> None:
             return False, "", 32, "", msg
         novel = lib.open(name)
         s = novel.knn_settings()
-        return (s["on"], _layers_text(s["layers"]) if s["layers"] else "", s["k"],
+        return (s["on"], layers_text(s["layers"]) if s["layers"] else "", s["k"],
                 _info_line(novel.knn_info()), msg)
 
     def on_apply(name, on, layers, kk):
@@ -62,7 +54,7 @@ def wire(lib, k: dict, novel_dd, opened: list) -> None:
             s = novel.knn_settings()
         except USER_ERRORS as e:
             return view(name, err(e))
-        where = _layers_text(s["layers"]) if s["layers"] else "default layers"
+        where = layers_text(s["layers"]) if s["layers"] else "default layers"
         return view(name, ok(f"Long memory {'on' if on else 'off'}: {where}, k {s['k']}."))
 
     def on_rebuild(name, progress=gr.Progress()):

@@ -8,7 +8,10 @@ what the model reads.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
+
+import numpy as np
 
 # When the budget is short, room goes to: pins (reserved; dropped only when pins
 # alone exceed the budget), the bible, a share for the tail, thoughts, recalled.
@@ -33,6 +36,7 @@ class Receipt:
     blocks: list[dict] = field(default_factory=list)
     dropped: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    inside: list[str] = field(default_factory=list)  # memories read inside attention
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,12 +48,32 @@ class Receipt:
         for d in self.dropped:
             lines.append(f"- ~~{d['kind']} {d['label']}~~ · {d['tokens']} tok · dropped: "
                          f"{d['reason']}")
+        if self.inside:  # not prompt tokens: what the attention layers also read
+            lines.append("**Read inside attention:**")
+            lines += [f"- {x}" for x in self.inside]
         lines += [f"- ⚠ {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
-def _encode(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+CACHE_CHARS = 20_000  # texts this long are remembered (a whole novel takes ~1 s)
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` without special tokens: the one way prompts, memories and
+    scoring tokenize. A Continue reads the whole book several times (the kNN store's
+    sync, its horizon, the matrix segments), so long texts come from a small cache."""
+    if not text:
+        return []
+    if len(text) < CACHE_CHARS:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return _encode_long(tokenizer, text).tolist()
+
+
+@functools.lru_cache(maxsize=8)
+def _encode_long(tokenizer, text: str) -> np.ndarray:
+    ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], np.int64)
+    ids.flags.writeable = False
+    return ids
 
 
 def bible_text(bible: dict) -> str:
@@ -89,9 +113,9 @@ def build(tokenizer, budget: int, bible: dict, tail: str, chapter_heading: str =
     candidates += [Block("thought", label, "recent thought", memory_text("thought", text))
                    for label, text in thoughts]
     for b in candidates:
-        b.ids = _encode(tokenizer, b.text)
+        b.ids = encode(tokenizer, b.text)
     heading = f"{chapter_heading.strip()}\n\n" if chapter_heading.strip() else ""
-    head_ids, tail_ids = _encode(tokenizer, heading), _encode(tokenizer, tail)
+    head_ids, tail_ids = encode(tokenizer, heading), encode(tokenizer, tail)
 
     left = budget
 

@@ -533,7 +533,7 @@ class Novel:
         knn_ctx, prefix_key = self._knn.reader(lm, chapter_id, ids, receipt)
         if (self._matrix.raw()["on"] and not self._cancel.is_set()):
             yield Event(text=base, status="Updating the memory matrix…")
-        mx_ctx, mx_key = self._matrix.reader(lm)
+        mx_ctx, mx_key = self._matrix.reader(lm, receipt)
         if notice := self._matrix.new_notice():  # e.g. rebuilt, or adapter unusable
             receipt.setdefault("warnings", []).append(notice)
         forward = _contexts(knn_ctx, mx_ctx)

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import context
+
 MEMORIES = ("none", "knn", "matrix", "all")
 
 
@@ -157,7 +159,7 @@ def read_manuscript(project) -> str:
 
 def encode(lm, text: str) -> list[int]:
     """Token ids of a text, as the memory stores index it (no special tokens)."""
-    return list(lm.tokenizer(text, add_special_tokens=False).input_ids) if text else []
+    return context.encode(lm.tokenizer, text)
 
 
 def score_tokens(lm, past_ids, ids, window: int, store=None, settings=None,

@@ -6,7 +6,7 @@ import re
 
 from playwright.sync_api import expect
 
-from ui_helpers import on_disk, start_chapter
+from ui_helpers import continue_and_wait, on_disk, start_chapter
 
 OPENING = "The keeper of the north light kept a ledger of every ship that never came home. "
 
@@ -52,3 +52,59 @@ def test_knn_panel_on_k_rebuild(app_server, page):
     page.locator("#knn-on input[type=checkbox]").uncheck()
     expect(status).to_contain_text("Long memory off")
     assert _stored(projects, "North Light")[0]["on"] is False
+
+
+def test_import_then_continue_with_long_memory_matches_the_engine(app_server, page, tmp_path,
+                                                                   slow_model_dir):
+    """A writer imports two chapters through the page, turns long memory on, rebuilds
+    it and presses Continue with a fixed seed. The passage must be the one the engine
+    writes alone, from the same files and seed: whatever else the app runs meanwhile
+    (embedding catch-up, panel refreshes) must not change what the model reads."""
+    import shutil
+
+    from conftest import DATA
+    from engine.models import ModelSlot, load
+    from engine.novel import Library
+    from engine.writer import Sampling
+    from ui_helpers import create_novel, editor, status
+
+    url, projects = app_server
+    lines = DATA.read_text(encoding="utf-8").splitlines()
+    book = tmp_path / "longbourn.txt"
+    book.write_text("\n".join(lines[36:261]), encoding="utf-8")  # chapters 1 and 2
+    create_novel(page, url, "Longbourn")
+    expect(status(page)).to_contain_text("Created")
+    page.get_by_text("Import and export", exact=True).first.click()
+    page.locator("#import-files input[type=file]").set_input_files(str(book))
+    page.locator("#import").click()
+    expect(status(page)).to_contain_text("Imported 2 chapter(s).")
+    expect(editor(page)).to_have_value(re.compile(r"Mr\. Bennet was among the earliest"))
+
+    page.locator("#knn-panel").get_by_text("Long memory (kNN)", exact=True).first.click()
+    page.locator("#knn-on input[type=checkbox]").check()
+    expect(page.locator("#knn-status")).to_contain_text("Long memory on")
+    page.locator("#knn-rebuild").click()
+    expect(page.locator("#knn-status")).to_contain_text("Rebuilt", timeout=120_000)
+    page.get_by_label("Seed (-1: random)").fill("7")
+    page.get_by_label("Seed (-1: random)").press("Enter")
+    before = editor(page).input_value()
+    continue_and_wait(page, tokens=24)
+    expect(status(page)).to_contain_text("seed 7")
+    page.locator("#receipt-panel").get_by_text("Context receipt", exact=True).first.click()
+    expect(page.locator("#receipt")).to_contain_text(re.compile(r"Long memory \(kNN\): [\d,]+ of [\d,]+ stored tokens readable"))
+    after = editor(page).input_value()
+    assert after.startswith(before) and len(after) > len(before)
+
+    # the engine alone, on a copy of the novel's files with the passage undone
+    copy = tmp_path / "copy"
+    shutil.copytree(projects / "Longbourn", copy / "Longbourn")
+    novel = Library(copy, ModelSlot.ready(load(str(slow_model_dir)))).open("Longbourn")
+    try:
+        cid = novel.chapter_id(None)
+        assert novel.text(cid) == after
+        novel.undo(cid)
+        assert novel.text(cid) == before
+        done = list(novel.continue_chapter(cid, Sampling(max_new_tokens=24, seed=7)))[-1]
+        assert done.text == after
+    finally:
+        novel.close()

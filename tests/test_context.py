@@ -57,3 +57,17 @@ def test_empty_chapter_still_builds(tiny_lm):
     ids, r = context.build(tiny_lm.tokenizer, 512, BIBLE, "", "Chapter 1")
     assert ids and r.blocks[-1]["kind"] == "tail"
     assert "Chapter 1" in r.blocks[-1]["text"]
+
+
+def test_encode_reads_a_long_text_once_and_hands_out_copies(tiny_lm):
+    from engine.context import _encode_long, encode
+
+    tok = tiny_lm.tokenizer
+    book = "The keeper counted ships. " * 1000  # a whole book is re-read every Continue
+    direct = list(tok(book, add_special_tokens=False)["input_ids"])
+    first = encode(tok, book)
+    hits = _encode_long.cache_info().hits
+    first.append(-1)  # a caller's change must not reach the cache
+    assert encode(tok, book) == direct and _encode_long.cache_info().hits == hits + 1
+    assert encode(tok, "short") == list(tok("short", add_special_tokens=False)["input_ids"])
+    assert encode(tok, "") == []

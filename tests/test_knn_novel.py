@@ -1,10 +1,12 @@
 """kNN memory inside the Novel: settings per novel, Continue reads the store, the
 store follows accepted passages, untrustworthy files are rebuilt on open."""
+import re
 from contextlib import contextmanager
 
 import numpy as np
 import pytest
 
+from engine.context import Receipt
 from engine.memory import attention
 from engine.memory.knn import KNNStore, store_folder
 from engine.novel import NovelError
@@ -57,11 +59,20 @@ def test_settings_roundtrip_and_validation(novel):
 
 def test_continue_with_memory_reads_and_writes_through(book, reads):
     novel, cid = book
+    stored_before = _manuscript_tokens(novel)
     events = list(novel.continue_chapter(cid, Sampling(max_new_tokens=12, seed=1),
                                          budget=96))
     done = events[-1]
     assert done.done and novel.text(cid) == done.text and len(done.text) > len(OPENING)
     assert reads and sum(st.stats["searches"] for st in reads) > 0
+    # the receipt says what attention read besides the prompt: the older part of the book
+    (line,) = done.receipt["inside"]
+    m = re.fullmatch(r"Long memory \(kNN\): ([\d,]+) of ([\d,]+) stored tokens readable "
+                     r"\(the rest is in the prompt already\) · layers 1, 3 · k 4", line)
+    assert m, line
+    readable, stored = (int(x.replace(",", "")) for x in m.groups())
+    assert stored == stored_before and 0 < readable < stored  # budget 96 keeps only a tail
+    assert line in Receipt(**done.receipt).markdown()
     # the passage went into the store after it was accepted
     info = novel.knn_info()
     assert info["tokens"] == _manuscript_tokens(novel) and info["bytes"] > 0

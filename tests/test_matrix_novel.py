@@ -132,6 +132,8 @@ def test_continue_reads_the_matrix_and_writes_after_accept(novel, monkeypatch):
     assert events[-1].done and len(novel.text(cid)) > 0
     kv, rows = novel.model.get().model.config.num_key_value_heads, novel.matrix_settings()["rows"]
     assert len(calls) > 50 and set(calls) == {(kv, rows, 16)}  # every forward read the tokens
+    (line,) = events[-1].receipt["inside"]  # the receipt says the matrix was read
+    assert line.startswith(f"Memory matrix: {rows} memory tokens at layer"), line
     assert novel.matrix_info()["segments"] == _segments(novel)
 
 

@@ -23,6 +23,7 @@ import shutil
 import threading
 from pathlib import Path
 
+from ..context import encode
 from .knn import KNNSettings, StoreError, ensure_store, model_shape, store_folder
 
 SETTING = "knn"
@@ -75,8 +76,7 @@ class ProjectKNN:
         return store_folder(self.novel.folder)
 
     def tokens(self, lm) -> list[int]:
-        text = self.novel.memory_book()  # prose with its margin notes inline
-        return list(lm.tokenizer(text, add_special_tokens=False).input_ids) if text else []
+        return encode(lm.tokenizer, self.novel.memory_book())  # prose, notes inline
 
     def store(self, progress=None, locked: bool = False):
         """The store, in step with the manuscript (indexing what changed)."""
@@ -144,6 +144,12 @@ class ProjectKNN:
         digest = hashlib.sha1(store.tokens[:n].tobytes()).hexdigest()[:16]
         key = (lm.fingerprint, "knn", settings.read_layers(store.depth), settings.k,
                settings.position, horizon, digest)
+        layers = settings.read_layers(store.depth)
+        receipt.setdefault("inside", []).append(
+            f"Long memory (kNN): {n:,} of {len(store):,} stored tokens readable (the rest "
+            f"is in the prompt already) · layers {layers_text(layers)} · k {settings.k}"
+            if n else f"Long memory (kNN): nothing to read yet, all {len(store):,} stored "
+            "tokens are in the prompt already")
         if n == 0:
             return None, key
 
@@ -165,8 +171,8 @@ class ProjectKNN:
         before = "\n\n".join(self.novel.memory_text(c) for c in chapters
                              if c["position"] < here)
         own = self.novel.memory_text(next(c for c in chapters if c["id"] == chapter_id))
-        start = len(tok(before + "\n\n", add_special_tokens=False).input_ids) if before else 0
-        own_n = len(tok(own, add_special_tokens=False).input_ids) if own else 0
+        start = len(encode(tok, before + "\n\n")) if before else 0
+        own_n = len(encode(tok, own))
         kept = tail["tokens"] if tail else 0
         horizon = max(0, start + own_n - kept)
         local = tail["start"] if tail else len(prompt_ids)
@@ -197,6 +203,14 @@ def parse_layers(text, depth: int = 0) -> list[int]:
     if depth and any(not 0 <= x < depth for x in out):
         raise ValueError(f"layers must lie in 0..{depth - 1} for this model")
     return sorted(out)
+
+
+def layers_text(layers) -> str:
+    """'15-29' for a run of layers, else '22, 25'."""
+    layers = sorted(layers)
+    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ", ".join(str(x) for x in layers)
 
 
 class _Null:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..context import encode
 from .matrix import MatrixError, MatrixSettings, MemoryMatrix
 
 SETTING, PINS = "matrix", "matrix_pins"
@@ -104,7 +105,7 @@ class ProjectMatrix:
         out = []
         for c in self.novel.store.chapters():
             text = (c["text"] or "").strip()
-            ids = lm.tokenizer(text, add_special_tokens=False).input_ids if text else []
+            ids = encode(lm.tokenizer, text)
             for a in range(0, len(ids) - SEGMENT + 1, SEGMENT):
                 seg = ids[a:a + SEGMENT]
                 h = hashlib.sha1(np.asarray(seg, np.int64).tobytes()).hexdigest()[:16]
@@ -187,7 +188,7 @@ class ProjectMatrix:
 
     def _pin_text(self, lm, mm, text) -> list[int]:
         from .attention import layer_states
-        ids = lm.tokenizer(text, add_special_tokens=False).input_ids
+        ids = encode(lm.tokenizer, text)
         states = layer_states(lm, mm.settings.resolved_layer(_depth(lm)), ids)
         mm.write(states, chapter=-1)  # a pin's write: not a chapter's (the plot skips it)
         free = [s for s in mm.strongest(states, mm.settings.slots) if not mm.pinned[s]]
@@ -251,14 +252,21 @@ class ProjectMatrix:
         if self.raw()["on"]:
             self.matrix()
 
-    def reader(self, lm):
-        """(context factory or None, cache-key part) for a Continue. Outside the lock."""
+    def reader(self, lm, receipt: dict | None = None):
+        """(context factory or None, cache-key part) for a Continue. Outside the lock.
+        Says in ``receipt['inside']`` what the model will read."""
         if not self.raw()["on"]:
             return None, None
         mm = self.matrix()
         if mm.writes == 0:
             return None, None
         tokens = self.tokens(lm, mm)
+        if receipt is not None:
+            rows = sum(int(t.keys.shape[-2]) for t in tokens.values())
+            receipt.setdefault("inside", []).append(
+                f"Memory matrix: {rows} memory tokens at layer "
+                f"{', '.join(str(x) for x in sorted(tokens))} summarising {mm.writes} writes"
+                f" ({int(mm.pinned.sum())} of {mm.settings.slots} slots pinned)")
         key = ("matrix", mm.writes, int(mm.pinned.sum()), self.raw()["adapter"],
                float(np.abs(mm.M).sum()))
         from .attention import matrix_tokens

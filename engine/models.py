@@ -25,6 +25,13 @@ class ModelError(RuntimeError):
     """A model that cannot be found or loaded; the message is one clear sentence."""
 
 
+# transformers' from_pretrained is not thread-safe. launch.py loads the language model
+# and the memories' embedding model in two background threads; loaded at the same time,
+# the language model came up with its (tied) input embeddings randomly initialised in 7
+# of 8 tries, and wrote gibberish. Every model load in the process takes this lock.
+LOAD_LOCK = threading.RLock()
+
+
 def cache_dir() -> Path:
     root = os.environ.get("MNEMOSYNE_CACHE") or Path.home() / ".cache" / "mnemosyne"
     return Path(root)
@@ -162,20 +169,25 @@ def load(spec: str | None = None, device: str | None = None) -> LoadedModel:
         from .tiny import load_tiny
         return load_tiny()
     src = resolve(spec)
-    folder = src.location
-    if src.kind == "gguf":
-        folder = str(convert_gguf(Path(src.location)))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     offline = src.kind != "hub"  # only an explicit hub id may reach the network
-    try:
-        tok = AutoTokenizer.from_pretrained(folder, local_files_only=offline)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype,
-                                                     local_files_only=offline)
-    except OSError as e:
-        raise ModelError(f"Model {src.name} could not be loaded: {str(e).splitlines()[0]}") from e
-    except Exception as e:  # noqa: BLE001
-        raise ModelError(f"Model {src.name} could not be loaded: {e}") from e
+    with LOAD_LOCK:
+        folder = str(convert_gguf(Path(src.location))) if src.kind == "gguf" else src.location
+        try:
+            tok = AutoTokenizer.from_pretrained(folder, local_files_only=offline)
+            model, info = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=dtype, local_files_only=offline, output_loading_info=True)
+        except OSError as e:
+            raise ModelError(f"Model {src.name} could not be loaded: "
+                             f"{str(e).splitlines()[0]}") from e
+        except Exception as e:  # noqa: BLE001
+            raise ModelError(f"Model {src.name} could not be loaded: {e}") from e
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:  # random weights write gibberish: refuse rather than pretend
+        raise ModelError(f"Model {src.name} lacks {len(missing)} weight(s) in its files "
+                         f"({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''}); "
+                         "it would write gibberish. Check the model folder.")
     model.to(device)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token

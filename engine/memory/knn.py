@@ -24,7 +24,6 @@ import logging
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -83,7 +82,9 @@ class KNNSettings:
     (``search_every``) and the two after it re-rank its hits by their own keys
     (attention.py); IVF probes 8 lists (``nprobe``). Per token at 1M (bench speed,
     one quiet 2-core run): every layer, nprobe 16: 11.9-14.7 ms; every 3rd, nprobe 16:
-    6.0-6.7; every 3rd, nprobe 8: 4.7-4.8; every 5th, nprobe 8: 3.4. Recall pays for
+    6.0-6.7; every 3rd, nprobe 8: 4.6-5.0; every 5th, nprobe 8: 3.4. Letting FAISS use
+    its own threads instead of forcing one per search: every 3rd, nprobe 8, 4.3-4.8
+    (paired in one process: 4.3-5.1 vs 5.9-7.2 forced to one). Recall pays for
     it (names, gap closed; flat indexes): K=3 every layer 0.972, every 3rd 0.930,
     every 5th 0.856, one search (layer 15) 0.598; K=5 0.972 -> 0.850 at every 3rd.
     All tokens get slightly better (K=3: -3.261 every layer, -3.238 every 3rd, -3.242
@@ -161,25 +162,6 @@ class StoreError(RuntimeError):
 def _faiss():
     import faiss
     return faiss
-
-
-@contextmanager
-def _threads(n_queries: int):
-    """FAISS's OpenMP threads for a search. A decode step searches a handful of
-    queries, where thread start-up and spinning cost ~100x the search itself (12 ms
-    vs 0.14 ms per call measured on 2 busy CPU cores): small batches run on one.
-    The count is restored afterwards: FAISS and torch share the OpenMP runtime, so
-    leaving it at one silently made torch single-threaded for the rest of the process."""
-    faiss = _faiss()
-    prev = faiss.omp_get_max_threads()
-    want = 1 if n_queries < 4096 else prev
-    if want != prev:
-        faiss.omp_set_num_threads(want)
-    try:
-        yield
-    finally:
-        if want != prev:
-            faiss.omp_set_num_threads(prev)
 
 
 def gpu_available() -> bool:
@@ -360,8 +342,7 @@ class KNNStore:
             return self._search_dense(layer, head, q, k, n)
         index = self._index[(layer, head)]
         params, _sel = self._params(n if n < len(self) else None)
-        with _threads(q.shape[0]):
-            scores, ids = index.search(q, int(k), params=params)
+        scores, ids = index.search(q, int(k), params=params)
         return scores, ids
 
     def _search_dense(self, layer, head, q, k, n):
@@ -389,8 +370,7 @@ class KNNStore:
         among the first ``limit`` entries (None: all). Returns torch (scores, ids)
         (kv_heads, m, k), ids -1 and scores -inf where none, and whether the scores are
         exact inner products (flat index) rather than an approximate index's.
-        For a handful of queries FAISS's own scan (one thread, see ``_threads``) beats
-        a torch matmul + top-k (2k keys: 0.10 vs 0.11 ms for 3 heads x 3 queries;
+        For a handful of queries FAISS's own scan beats a torch matmul + top-k (2k keys: 0.10 vs 0.11 ms for 3 heads x 3 queries;
         32k: 1.8 vs 2.6 ms on the 2-core CPU), so every kind goes through FAISS here.
         """
         import torch
@@ -405,10 +385,10 @@ class KNNStore:
         params, _sel = self._params(n if n < len(self) else None)
         scores = np.empty((self.kv_heads, m, k), np.float32)
         ids = np.empty((self.kv_heads, m, k), np.int64)
-        with _threads(m):
-            for h in range(self.kv_heads):
-                scores[h], ids[h] = self._index[(layer, h)].search(q[h], int(k),
-                                                                   params=params)
+        # FAISS's own OpenMP threads: forcing one per search (as an earlier version did
+        # after a measurement on busy cores) made a quiet 1M-vector search 0.1 ms slower
+        for h in range(self.kv_heads):
+            scores[h], ids[h] = self._index[(layer, h)].search(q[h], int(k), params=params)
         scores, ids = torch.from_numpy(scores), torch.from_numpy(ids)
         return scores.masked_fill(ids < 0, -float("inf")), ids, self._kind == "flat"
 

@@ -142,9 +142,8 @@ class ProjectKNN:
         horizon, offset = self._horizon(lm, chapter_id, prompt_ids, receipt)
         n = int(store.count_before(horizon))
         digest = hashlib.sha1(store.tokens[:n].tobytes()).hexdigest()[:16]
-        key = (lm.fingerprint, "knn", settings.read_layers(store.depth), settings.k,
-               settings.position, horizon, digest)
         layers = settings.read_layers(store.depth)
+        key = (lm.fingerprint, "knn", layers, settings.k, settings.position, horizon, digest)
         receipt.setdefault("inside", []).append(
             f"Long memory (kNN): {n:,} of {len(store):,} stored tokens readable (the rest "
             f"is in the prompt already) · layers {layers_text(layers)} · k {settings.k}"

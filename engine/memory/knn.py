@@ -57,6 +57,9 @@ class KNNSettings:
       attend layers 15-29 (upper half), k 32:   -2.424  (gap closed 0.972)  <- default layers
         the same, searching every 3rd layer:    -2.643  (gap closed 0.930)  <- default
       inject, preset recall (layer 25):         -7.503  (0.000)
+    (Forced to fire on every block, bf 0, still 0.000: the first key is a sink, 0.58
+    of the attention on average, but the key-to-key search from it finds stored
+    entries like it, so the swapped value moves the output by at most 0.025.)
     A single layer barely moves recall: a name's identity has to be read from the
     stored value by an induction-like head (query "Mr." finds the key whose previous
     token was "Mr.") and carried on by later layers, which also need to see the

@@ -59,7 +59,9 @@ class KNNSettings:
       inject, preset recall (layer 25):         -7.503  (0.000)
     (Forced to fire on every block, bf 0, still 0.000: the first key is a sink, 0.58
     of the attention on average, but the key-to-key search from it finds stored
-    entries like it, so the swapped value moves the output by at most 0.025.)
+    entries like it, so the swapped value moves the output by at most 0.025. Scored
+    token by token, each name driving its own surgery: window -7.445, recall -7.443,
+    steer -7.272, attend -2.677: not an artefact of block scoring.)
     A single layer barely moves recall: a name's identity has to be read from the
     stored value by an induction-like head (query "Mr." finds the key whose previous
     token was "Mr.") and carried on by later layers, which also need to see the

@@ -285,8 +285,8 @@ class Novel:
             hits = self.semantic.recall(tail, settings, exclude_text=tail[-budget * 6:],
                                         skip=pinned_keys,
                                         token_budget=int(budget * settings.share),
-                                        count_tokens=tokenizer and (lambda t: len(tokenizer(
-                                            t, add_special_tokens=False)["input_ids"])))
+                                        count_tokens=tokenizer and (
+                                            lambda t: len(context.encode(tokenizer, t))))
         except SemanticError as e:
             return [], [f"Semantic recall is off: {e}"]
         if self.semantic.pending:

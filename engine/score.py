@@ -157,11 +157,6 @@ def read_manuscript(project) -> str:
         return "\n\n".join((t or "").strip() for (t,) in rows)
 
 
-def encode(lm, text: str) -> list[int]:
-    """Token ids of a text, as the memory stores index it (no special tokens)."""
-    return context.encode(lm.tokenizer, text)
-
-
 def score_tokens(lm, past_ids, ids, window: int, store=None, settings=None,
                  block: int | None = None, progress: bool = False,
                  tokens: dict | None = None) -> list[float | None]:
@@ -222,7 +217,7 @@ def run(args) -> int:
     progress = not getattr(args, "no_progress", False) and not args.json
     enc = lm.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(enc.input_ids), [list(map(int, o)) for o in enc.offset_mapping]
-    past = encode(lm, read_manuscript(args.project))
+    past = context.encode(lm.tokenizer, read_manuscript(args.project))
     settings = settings_from_args(args)
     store = None
     if args.memory in ("knn", "all") and past:

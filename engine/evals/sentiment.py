@@ -71,10 +71,11 @@ def sample(lm, prompt_ids, n, seed, temperature=0.8, top_p=0.95, context=None):
 def run(args) -> int:
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
+    from ..context import encode
     from ..memory.attention import index_tokens, knn_memory
     from ..memory.knn import KNNStore, model_shape
     from ..models import load
-    from ..score import encode, settings_from_args
+    from ..score import settings_from_args
 
     t0 = time.perf_counter()
     lm = load(getattr(args, "model", None))
@@ -88,9 +89,9 @@ def run(args) -> int:
     stores = {}
     for view, text in MEMORY.items():
         store = KNNStore(None, layers, kv, hd, lm.fingerprint, base, depth)
-        index_tokens(lm, store, encode(lm, text), progress=False)
+        index_tokens(lm, store, encode(lm.tokenizer, text), progress=False)
         stores[view] = store
-    prompt = encode(lm, OPENING)
+    prompt = encode(lm.tokenizer, OPENING)
     conditions = [("none", None, None)] + [(f"{m}:{v}", m, v) for m in modes for v in MEMORY]
     results, examples = {}, {}
     for name, mode, view in conditions:

@@ -375,8 +375,9 @@ class KNNStore:
         among the first ``limit`` entries (None: all). Returns torch (scores, ids)
         (kv_heads, m, k), ids -1 and scores -inf where none, and whether the scores are
         exact inner products (flat index) rather than an approximate index's.
-        For a handful of queries FAISS's own scan beats a torch matmul + top-k (2k keys: 0.10 vs 0.11 ms for 3 heads x 3 queries;
-        32k: 1.8 vs 2.6 ms on the 2-core CPU), so every kind goes through FAISS here.
+        For a handful of queries FAISS's own scan beats a torch matmul + top-k (2k keys:
+        0.10 vs 0.11 ms for 3 heads x 3 queries; 32k: 1.8 vs 2.6 ms on the 2-core CPU),
+        so every kind goes through FAISS here.
         """
         import torch
         if not self._index:

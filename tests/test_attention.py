@@ -1,18 +1,25 @@
-"""Memory-aware attention on tiny random models: exactness, decoding, read modes."""
+"""Memory-aware attention on tiny random models: exactness, decoding, read modes.
+
+MNEMOSYNE_TEST_DEVICE=cuda runs them on a GPU (the models there, the store and its
+search on the host, as in use)."""
+import os
+
 import pytest
 import torch
 
 from engine.memory.attention import index_tokens, install, knn_memory, rotate, rotary_inv_freq
 from engine.memory.knn import KNNSettings, new_store
 from engine.models import LoadedModel
-from engine.tiny import load_tiny
+from engine.tiny import tiny_model
 
 N, W = 80, 16
+DEVICE = os.environ.get("MNEMOSYNE_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="module")
 def lm():
-    lm = load_tiny()
+    model, tok = tiny_model()
+    lm = LoadedModel.wrap(model.to(DEVICE), tok, "tiny")
     install(lm)
     return lm
 
@@ -20,7 +27,7 @@ def lm():
 @pytest.fixture(scope="module")
 def ids():
     g = torch.Generator().manual_seed(1)
-    return torch.randint(3, 250, (1, N), generator=g)
+    return torch.randint(3, 250, (1, N), generator=g).to(DEVICE)
 
 
 def _full_store(lm, ids, **kw):
@@ -56,7 +63,7 @@ def test_exact_with_shifted_local_positions(lm, ids):
     s, store = _full_store(lm, ids)
     c = 40  # feed only tokens 40.. with local positions 0..; the rest is memory
     with knn_memory(lm, store, s, offset=c, window=W):
-        got = lm.model(ids[:, c:], position_ids=torch.arange(N - c)[None]).logits
+        got = lm.model(ids[:, c:], position_ids=torch.arange(N - c, device=DEVICE)[None]).logits
     torch.testing.assert_close(got, full[:, c:], atol=2e-4, rtol=1e-4)
 
 
@@ -243,7 +250,7 @@ def _other_model(kind):
                           max_position_embeddings=256)
         model = Qwen2ForCausalLM(cfg)
     model.set_attn_implementation("sdpa")
-    return LoadedModel.wrap(model, tok, kind)
+    return LoadedModel.wrap(model.to(DEVICE), tok, kind)
 
 
 @torch.no_grad()

@@ -57,7 +57,7 @@ def full_context_logprobs(lm, past, ids, limit):
     limit = min(limit, lm.context_length)
     start = max(0, len(allids) - limit)
     assert len(ids) < limit, "the scored chapter alone exceeds the full context"
-    x = torch.tensor([allids[start:]])
+    x = torch.tensor([allids[start:]], device=lm.model.device)
     with torch.no_grad():
         hidden = lm.model.base_model(input_ids=x, use_cache=False).last_hidden_state[0]
         head = lm.model.get_output_embeddings()
@@ -66,7 +66,7 @@ def full_context_logprobs(lm, past, ids, limit):
         for c in range(first, len(allids) - start - 1, 512):
             rows = hidden[c:min(c + 512, len(allids) - start - 1)]
             lp = torch.log_softmax(head(rows).float(), -1)
-            tgt = torch.tensor(allids[start + c + 1: start + c + 1 + rows.shape[0]])
+            tgt = torch.tensor(allids[start + c + 1: start + c + 1 + rows.shape[0]], device=x.device)
             out.extend(lp.gather(1, tgt[:, None])[:, 0].tolist())
     return out, len(allids) - start
 

@@ -50,12 +50,14 @@ def sample(lm, prompt_ids, n, seed, temperature=0.8, top_p=0.95, context=None):
 
     gen = torch.Generator().manual_seed(seed)
     cache = DynamicCache(config=lm.model.config)
-    x, out = torch.tensor([prompt_ids]), []
+    dev = lm.model.device
+    x, out = torch.tensor([prompt_ids], device=dev), []
     eos = lm.eos_ids
     ctx = context or contextlib.nullcontext
     with torch.no_grad(), ctx():
         for _ in range(n):
-            logits = lm.model(x, past_key_values=cache, use_cache=True).logits[0, -1].float()
+            # sampled on the host with a CPU generator: the same draws on any device
+            logits = lm.model(x, past_key_values=cache, use_cache=True).logits[0, -1].float().cpu()
             probs = torch.softmax(logits / temperature, -1)
             sp, si = probs.sort(descending=True)
             keep = sp.cumsum(0) - sp < top_p
@@ -64,7 +66,7 @@ def sample(lm, prompt_ids, n, seed, temperature=0.8, top_p=0.95, context=None):
             if tok in eos:
                 break
             out.append(tok)
-            x = torch.tensor([[tok]])
+            x = torch.tensor([[tok]], device=dev)
     return out
 
 

@@ -336,12 +336,14 @@ def searching_layers(layers, every: int) -> set:
     return {l for i, l in enumerate(sorted(layers)) if i % max(1, int(every)) == 0}
 
 
-def _gather(st, layer, kv_head, ids):
+def _gather(st, layer, kv_head, ids, device):
+    """Stored keys, values and positions of ``ids`` (numpy, -1 for none), on ``device``
+    (the store lives in host memory; only the k rows read travel to the GPU)."""
     safe = np.where(ids >= 0, ids, 0)
     u = torch.from_numpy(st.store.keys[layer][kv_head][safe].astype(np.float32))
     v = torch.from_numpy(st.store.values[layer][kv_head][safe].astype(np.float32))
     pos = torch.from_numpy(st.store.positions[safe])
-    return u, v, pos
+    return u.to(device), v.to(device), pos.to(device)
 
 
 def _attend(st, layer, query, key, value, mask, scaling, q_pos, key_pos):
@@ -358,7 +360,8 @@ def _attend(st, layer, query, key, value, mask, scaling, q_pos, key_pos):
     placed = first - 1 - s.gap                            # behind: local position
     exact = s.position == "exact" and st.offset is not None
     n_allowed_all = st.limits(first)                       # (q,)
-    out = torch.empty(B, H, q_len, d)
+    dev = q.device
+    out = torch.empty(B, H, q_len, d, device=dev)
     for c0 in range(0, q_len, QUERY_CHUNK):
         sl = slice(c0, min(q_len, c0 + QUERY_CHUNK))
         qc = q[:, :, sl]
@@ -385,31 +388,31 @@ def _attend(st, layer, query, key, value, mask, scaling, q_pos, key_pos):
             # search vectors: the query rotated by -placed (exact logits for behind)
             sv = rotate(qh, -placed[sl], st.inv_freq)
             if searching:
-                ids = _retrieve(st, layer, g, sv.detach().reshape(-1, d).numpy(), s.k,
+                ids = _retrieve(st, layer, g, sv.detach().reshape(-1, d).cpu().numpy(), s.k,
                                 np.tile(n_allowed, nh * B))
                 found.append(ids.reshape(nh, B, nq, -1).transpose(1, 2, 0, 3)
                              .reshape(B, nq, -1))
             else:
                 pool = st.pool[c0].reshape(B * nq, -1)
-                vecs = sv.permute(1, 2, 0, 3).reshape(B * nq, nh, d)
+                vecs = sv.permute(1, 2, 0, 3).reshape(B * nq, nh, d).cpu()
                 ids = _rerank(st.store.keys[layer][g], vecs, pool, s.k)[1]
                 ids = ids.permute(1, 0, 2).reshape(nh * B * nq, -1).numpy()
-            u, v, pos = _gather(st, layer, g, ids)                    # (nh*B*nq, k, d)
+            u, v, pos = _gather(st, layer, g, ids, dev)               # (nh*B*nq, k, d)
             if exact:
                 where = (pos - st.offset).float()
             else:
                 where = placed[sl].repeat(nh * B)[:, None].float()  # (n, 1): one angle per query
             km = rotate(u, where, st.inv_freq)
             lm_ = torch.einsum("nd,nkd->nk", qh.reshape(-1, d), km) * scaling
-            lm_ = lm_.masked_fill(torch.from_numpy(ids < 0), float("-inf"))
+            lm_ = lm_.masked_fill(torch.from_numpy(ids < 0).to(dev), float("-inf"))
             lm_ = lm_.view(nh, B, nq, -1).transpose(0, 1)             # (B, nh, nq, k)
             v = v.view(nh, B, nq, -1, d).transpose(0, 1)              # (B, nh, nq, k, d)
             if s.gate:
-                gate = torch.stack([torch.sigmoid(_gate_bias(st, layer, h)) for h in hs])
+                gate = torch.stack([torch.sigmoid(_gate_bias(st, layer, h)) for h in hs]).to(dev)
                 pm = torch.softmax(lm_, -1).nan_to_num(0.0)
                 o_mem = torch.einsum("bhqk,bhqkd->bhqd", pm, v)
-                has = torch.from_numpy((ids >= 0).any(-1)).view(nh, B, nq, 1).transpose(0, 1)
-                mix = torch.where(has, gate.view(1, nh, 1, 1), torch.zeros(()))
+                has = torch.from_numpy((ids >= 0).any(-1)).to(dev).view(nh, B, nq, 1).transpose(0, 1)
+                mix = torch.where(has, gate.view(1, nh, 1, 1), torch.zeros((), device=dev))
                 out[:, hs, sl] = mix * o_mem + (1 - mix) * out[:, hs, sl]
             else:
                 lmax = local_max[:, hs]                                # (B, nh, nq, 1)
@@ -424,9 +427,10 @@ def _attend(st, layer, query, key, value, mask, scaling, q_pos, key_pos):
     return out
 
 
-def _rotation(st, pos: int):
-    """(cos, sin) float32 (r,) rotating to position ``pos`` (float64 angles, as
-    ``rotate``), cached per position: a decode step needs one per memory layer."""
+def _rotation(st, pos: int, device):
+    """(cos, sin) float32 (r,) on ``device`` rotating to position ``pos`` (float64
+    angles, as ``rotate``), cached per position: a decode step needs one per memory
+    layer."""
     cache = st.rotations
     cs = cache.get(pos)
     if cs is None:
@@ -434,7 +438,7 @@ def _rotation(st, pos: int):
             cache.clear()
         ang = pos * st.inv_freq.detach().cpu().to(torch.float64)
         emb = torch.cat([ang, ang])
-        cs = cache[pos] = (emb.cos().float(), emb.sin().float())
+        cs = cache[pos] = (emb.cos().float().to(device), emb.sin().float().to(device))
     return cs
 
 
@@ -472,7 +476,7 @@ def _attend_one(st, layer, query, key, value, mask, scaling, key_pos):
     if st.inv_freq is None:
         sv = q
     else:
-        cos, sin = _rotation(st, -placed)
+        cos, sin = _rotation(st, -placed, q.device)
         r = cos.numel()
         xr = q[..., :r]
         sv = xr * cos + torch.cat([-xr[..., r // 2:], xr[..., :r // 2]], dim=-1) * sin
@@ -489,42 +493,43 @@ def _attend_one(st, layer, query, key, value, mask, scaling, key_pos):
         off[mem_heads] = False
     if layer in st.searching:
         scores, ids, exact_scores = store.search_layer(
-            layer, sv, s.k, limit=n_allowed if n_allowed < len(store) else None)
+            layer, sv.cpu(), s.k, limit=n_allowed if n_allowed < len(store) else None)
         st.stats["searches"] += KV
         hit = ids.view(KV, B, G, -1).permute(1, 0, 2, 3).clone()       # (B, KV, G, k)
         if off is not None:  # the pool holds what memory heads found, as in _attend
             hit[:, off.view(KV, G)] = -1
         st.pool["decode"] = _Pool(_unique_rows(hit.reshape(B, -1).numpy()), KV, len(store))
     else:
-        scores, ids = _rerank_heads(store.keys[layer], sv.view(KV, B, G, d), st.pool["decode"],
-                                    s.k)
+        scores, ids = _rerank_heads(store.keys[layer], sv.view(KV, B, G, d).cpu(),
+                                    st.pool["decode"], s.k)
         scores, ids = scores.view(KV, B * G, -1), ids.view(KV, B * G, -1)
         exact_scores = True
     st.stats["search_s"] += time.perf_counter() - t
     k = ids.shape[-1]
     n = len(store)
-    valid = ids >= 0
+    dev = q.device  # search and gather run on the host; what they found moves to dev
+    valid = (ids >= 0).to(dev)
     flat = (ids.clamp_min(0) + torch.arange(0, KV * n, n).view(KV, 1, 1)).view(-1)
 
-    def gather(arrays):  # (KV, n, d) fp16 store rows -> (KV, B*G, k, d) float32
+    def gather(arrays):  # (KV, n, d) fp16 store rows -> (KV, B*G, k, d) float32 on dev
         return torch.from_numpy(arrays[layer]).reshape(KV * n, d).index_select(
-            0, flat).float().view(KV, B * G, k, d)
+            0, flat).to(dev).float().view(KV, B * G, k, d)
 
     v = gather(store.values)
     if s.position == "exact" and st.offset is not None:  # keys at their own positions
         where = (torch.from_numpy(store.positions).index_select(0, flat.remainder(n))
-                 - st.offset).float().view(KV, B * G, k)
+                 - st.offset).float().view(KV, B * G, k).to(dev)
         km = rotate(gather(store.keys), where, st.inv_freq)
         mem = torch.einsum("hmd,hmkd->hmk", q.transpose(0, 1).reshape(KV, B * G, d), km)
     elif exact_scores:
-        mem = scores
+        mem = scores.to(dev)
     else:  # an approximate index's scores: recompute them from the stored keys
         mem = torch.einsum("hmd,hmkd->hmk", sv, gather(store.keys))
     mem = (mem * scaling).masked_fill_(~valid, float("-inf"))
     mem = mem.view(KV, B, G, k).transpose(0, 1)                     # (B, KV, G, k)
     v = v.view(KV, B, G, k, d).transpose(0, 1)
     if off is not None:
-        mem = mem.masked_fill(off.view(1, KV, G, 1), float("-inf"))
+        mem = mem.masked_fill(off.to(dev).view(1, KV, G, 1), float("-inf"))
     p = torch.softmax(torch.cat([logits, mem], -1), -1)
     out = torch.matmul(p[..., :kv_len], V)
     out += torch.matmul(p[..., kv_len:].unsqueeze(-2), v).squeeze(-2)
@@ -569,18 +574,19 @@ def _inject(st, layer, query, key, value, mask, scaling, q_pos, key_pos):
                     keep |= {int(j) for j in torch.nonzero(a[b, h] >= thr).flatten()}
                 if not keep:
                     continue
-                js = torch.tensor(sorted(keep))
+                js = torch.tensor(sorted(keep), device=K.device)
                 g = h // groups
                 kj = K[b, h, js]                                          # (J, d) post-RoPE
                 uj = rotate(kj, -key_pos[js], st.inv_freq)                # key-to-key search
-                ids = _retrieve(st, layer, g, uj.numpy(), k, np.repeat(n_allowed, len(js)))
-                u, v, _ = _gather(st, layer, g, ids)                      # (J, k, d)
+                ids = _retrieve(st, layer, g, uj.cpu().numpy(), k, np.repeat(n_allowed, len(js)))
+                u, v, _ = _gather(st, layer, g, ids, K.device)            # (J, k, d)
                 kc = rotate(u, key_pos[js][:, None].expand(-1, k).float(), st.inv_freq)
-                valid = torch.from_numpy(ids >= 0)
+                valid = torch.from_numpy(ids >= 0).to(K.device)
                 if inject_type in (1, 3):
                     kc = torch.cat([kc, kj[:, None]], 1)
                     v = torch.cat([v, V[b, h, js][:, None]], 1)
-                    valid = torch.cat([valid, torch.ones(len(js), 1, dtype=torch.bool)], 1)
+                    valid = torch.cat([valid, torch.ones(len(js), 1, dtype=torch.bool,
+                                                         device=K.device)], 1)
                 qj = torch.stack([seen[int(key_pos[j])][b, h] if int(key_pos[j]) in seen
                                   else kj[i] for i, j in enumerate(js.tolist())])
                 w = float(p["ts"]) * torch.einsum("jd,jkd->jk", qj, kc) / math.sqrt(d)

@@ -99,7 +99,7 @@ def train(lm, corpus, out: Path, steps=60, lr=0.1, seed=0, window=256, segment=2
         for step in tqdm(range(steps), desc="train knn gate", disable=not progress):
             s = int(np.random.default_rng([seed, step]).integers(
                 MIN_PAST + window, len(ids) - segment))
-            x = torch.tensor([ids[s - window:s + segment]])
+            x = torch.tensor([ids[s - window:s + segment]], device=lm.model.device)
             gates = {l: bias[i] for i, l in enumerate(layers)}
             with knn_memory(lm, store, settings, offset=s - window, window=window,
                             gates=gates):

@@ -49,7 +49,8 @@ class Receipt:
             lines.append(f"- ~~{d['kind']} {d['label']}~~ · {d['tokens']} tok · dropped: "
                          f"{d['reason']}")
         if self.inside:  # not prompt tokens: what the attention layers also read
-            lines.append("**Read inside attention:**")
+            # blank lines: a heading right after a list item renders inside that item
+            lines += ["", "**Read inside attention:**", ""]
             lines += [f"- {x}" for x in self.inside]
         lines += [f"- ⚠ {w}" for w in self.warnings]
         return "\n".join(lines)

@@ -92,6 +92,9 @@ def test_import_then_continue_with_long_memory_matches_the_engine(app_server, pa
     expect(status(page)).to_contain_text("seed 7")
     page.locator("#receipt-panel").get_by_text("Context receipt", exact=True).first.click()
     expect(page.locator("#receipt")).to_contain_text(re.compile(r"Long memory \(kNN\): [\d,]+ of [\d,]+ stored tokens readable"))
+    # its heading stands on its own, not run into the last prompt block's list item
+    expect(page.locator("#receipt strong", has_text="Read inside attention")).to_be_visible()
+    expect(page.locator("#receipt li", has_text="Read inside attention")).to_have_count(0)
     after = editor(page).input_value()
     assert after.startswith(before) and len(after) > len(before)
 

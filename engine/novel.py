@@ -214,10 +214,25 @@ class Novel:
             parsed += importing.split_chapters(text, Path(p).stem)
         if not parsed:
             raise NovelError("The files hold no text to import.")
+        blank = self._untouched_blank_chapter()
         ids = []
         for title, body in (progress(parsed) if progress else parsed):
             ids.append(self.store.add_chapter(title, body, author="writer", action="import"))
+        if blank is not None:  # the empty "Chapter 1" a new novel opens with gives way
+            self.store.delete_chapter(blank)
         return ids
+
+    def _untouched_blank_chapter(self) -> int | None:
+        """The id of the novel's only chapter when nothing was ever written in it."""
+        chapters = self.store.chapters()
+        if len(chapters) != 1 or (chapters[0]["text"] or "").strip():
+            return None
+        cid = chapters[0]["id"]
+        revisions = self.store.query("SELECT COUNT(*) AS n FROM revisions WHERE chapter_id=?",
+                                     (cid,))[0]["n"]
+        if revisions > 1 or self.thoughts.list(cid):  # an undone draft is still kept
+            return None
+        return cid
 
     def export(self, fmt: str) -> str:
         chapters = [{"title": c["title"], "text": c["text"]} for c in self.store.chapters()]

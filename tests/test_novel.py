@@ -261,3 +261,21 @@ def test_library_lists_only_novels(library, tmp_path):
     assert library.names() == [name]
     with pytest.raises(ProjectError, match="No novel"):
         Library(library.root, library.model).open("stray-folder")
+
+
+def test_import_replaces_only_an_untouched_blank_first_chapter(library, novel, tmp_path):
+    """A new novel opens with an empty "Chapter 1": importing a book should not leave it
+    standing before the book's own chapter 1. A chapter that ever held text stays."""
+    f = tmp_path / "book.txt"
+    f.write_text("Chapter 1\n\nFirst.\n\nChapter 2\n\nSecond.\n", encoding="utf-8")
+    novel.add_chapter("Chapter 1")
+    ids = novel.import_files([f])
+    assert [c["id"] for c in novel.chapters()] == ids
+    assert [novel.text(i) for i in ids] == ["First.", "Second."]
+
+    other = library.open(library.create("Other", "", ""))
+    cid = other.add_chapter("Chapter 1")
+    other.save_text(cid, "A draft.")
+    other.undo(cid)  # blank again, but the draft is one Redo away
+    other.import_files([f])
+    assert [other.text(c["id"]) for c in other.chapters()] == ["", "First.", "Second."]

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from contextlib import contextmanager
 from functools import partial
 
@@ -142,6 +143,7 @@ class _Read:
         self._heads: dict = {}     # n_heads -> memory heads
         self.searching = searching_layers(self.layers, settings.search_every)
         self.pool: dict = {}       # query chunk start -> candidate rows (B, nq, P)
+        self.offsets: dict = {}    # (kv_heads, n) -> row offsets of the KV heads (decode)
 
     def heads(self, n_heads: int) -> list[int]:
         got = self._heads.get(n_heads)
@@ -196,6 +198,12 @@ def _attention(base, base_name, module, query, key, value, attention_mask, scali
             raise _Stop()
         return base(module, query, key, value, attention_mask, scaling=scaling,
                     dropout=dropout, **kw)
+    if (q_len == 1 and attention_mask is None and st.window is None and layer in st.layers
+            and st.settings.mode == "attend" and not st.settings.gate):
+        # a decode step without padding or window sees every cached key: no mask to
+        # build and apply at each memory layer (small ops dominate a decode step)
+        out = _attend_one(st, layer, query, key, value, None, scaling, key_pos)
+        return out.to(query.dtype).transpose(1, 2).contiguous(), None
     mask = attention_mask
     if st.window is not None or layer in st.layers:
         mask = _bool_mask(attention_mask, q_pos, key_pos, st.window)
@@ -254,7 +262,6 @@ def _repeat_kv(x, groups):
 def _retrieve(st, layer, kv_head, vecs, k, n_allowed):
     """Search one KV head's index with vecs (m, d); entries >= n_allowed[i] masked.
     Returns ids (m, k) with -1 where nothing valid."""
-    import time
     t = time.perf_counter()
     store: KNNStore = st.store
     lim = int(n_allowed.max())
@@ -309,10 +316,16 @@ class _Pool:
     that follow the searching one: the flat row index into every KV head's keys."""
 
     def __init__(self, rows: np.ndarray, kv_heads: int, n: int):
-        if rows.shape[0] == 1:  # one sequence: keep only real rows, nothing to mask
-            rows = rows[:, rows[0] >= 0]
+        self.B = rows.shape[0]
+        if self.B == 1:  # one sequence: keep only real rows, nothing to mask (in numpy:
+            real = rows[0][rows[0] >= 0]  # each torch op costs ~20 us in a decode step)
+            tiled = np.tile(real, (kv_heads, 1))
+            self.rows = torch.from_numpy(tiled)                              # (KV, P)
+            self.flat = torch.from_numpy(
+                (tiled + np.arange(0, kv_heads * n, n)[:, None]).reshape(-1))
+            self.bad = None
+            return
         r = torch.from_numpy(np.ascontiguousarray(rows))
-        self.B = r.shape[0]
         self.rows = r.clamp_min(0).repeat(kv_heads, 1)                   # (KV*B, P)
         offs = torch.arange(0, kv_heads * n, n).repeat_interleave(self.B).view(-1, 1)
         self.flat = (self.rows + offs).view(-1)
@@ -448,21 +461,24 @@ def _attend_one(st, layer, query, key, value, mask, scaling, key_pos):
     step: 2.0 -> 0.4 ms per memory layer): all heads at once, grouped by KV head
     without repeating keys, one search call per layer, memory logits straight from
     the search scores when they are exact, values gathered with one index_select,
-    one joint softmax over [local keys, retrieved keys]."""
+    one joint softmax over [local keys, retrieved keys]. ``mask`` None: every key
+    is visible."""
     s = st.settings
     B, H, _, d = query.shape
     KV = key.shape[1]
     G = H // KV
     q = query.float().view(B, KV, G, d)
     V = value.float()
-    row = mask[..., -1:, :]                                          # (B|1, 1, 1, kv)
     logits = torch.matmul(q, key.float().transpose(2, 3)).mul_(scaling)  # (B, KV, G, kv)
-    logits.masked_fill_(~row, float("-inf"))
     kv_len = logits.shape[-1]
-    # first key the query sees (batch row 0), as _first_visible
-    r0 = row[0, 0, 0]
-    first_j = int(r0.to(torch.uint8).argmax()) if bool(r0.any()) else 0
-    first = int(key_pos[first_j])
+    if mask is None:
+        first = int(key_pos[0])
+    else:
+        row = mask[..., -1:, :]                                      # (B|1, 1, 1, kv)
+        logits.masked_fill_(~row, float("-inf"))
+        # first key the query sees (batch row 0), as _first_visible
+        r0 = row[0, 0, 0]
+        first = int(key_pos[int(r0.to(torch.uint8).argmax()) if bool(r0.any()) else 0])
     n_allowed = len(st.store)
     if st.offset is not None:
         n_allowed = min(n_allowed, int(st.store.count_before(first + st.offset)))
@@ -483,7 +499,6 @@ def _attend_one(st, layer, query, key, value, mask, scaling, key_pos):
         if r < d:
             sv = torch.cat([sv, q[..., r:]], dim=-1)
     sv = sv.transpose(0, 1).reshape(KV, B * G, d)
-    import time
     t = time.perf_counter()
     store: KNNStore = st.store
     mem_heads = st.heads(H)
@@ -508,8 +523,11 @@ def _attend_one(st, layer, query, key, value, mask, scaling, key_pos):
     k = ids.shape[-1]
     n = len(store)
     dev = q.device  # search and gather run on the host; what they found moves to dev
-    valid = (ids >= 0).to(dev)
-    flat = (ids.clamp_min(0) + torch.arange(0, KV * n, n).view(KV, 1, 1)).view(-1)
+    offs = st.offsets.get((KV, n))
+    if offs is None:  # each KV head's first row in the flattened store arrays
+        st.offsets.clear()
+        offs = st.offsets[(KV, n)] = torch.arange(0, KV * n, n).view(KV, 1, 1)
+    flat = (ids.clamp_min(0) + offs).view(-1)
 
     def gather(arrays):  # (KV, n, d) fp16 store rows -> (KV, B*G, k, d) float32 on dev
         return torch.from_numpy(arrays[layer]).reshape(KV * n, d).index_select(
@@ -521,11 +539,13 @@ def _attend_one(st, layer, query, key, value, mask, scaling, key_pos):
                  - st.offset).float().view(KV, B * G, k).to(dev)
         km = rotate(gather(store.keys), where, st.inv_freq)
         mem = torch.einsum("hmd,hmkd->hmk", q.transpose(0, 1).reshape(KV, B * G, d), km)
-    elif exact_scores:
+    elif exact_scores:  # already -inf wherever nothing was found (ids -1)
         mem = scores.to(dev)
     else:  # an approximate index's scores: recompute them from the stored keys
         mem = torch.einsum("hmd,hmkd->hmk", sv, gather(store.keys))
-    mem = (mem * scaling).masked_fill_(~valid, float("-inf"))
+    mem = mem * scaling
+    if not exact_scores or s.position == "exact":  # recomputed: mask the misses
+        mem.masked_fill_((ids < 0).to(dev), float("-inf"))
     mem = mem.view(KV, B, G, k).transpose(0, 1)                     # (B, KV, G, k)
     v = v.view(KV, B, G, k, d).transpose(0, 1)
     if off is not None:

@@ -248,3 +248,29 @@ def test_retrieval_bench_plays_every_memory_layer(lm, every, searching_layers):
         assert r["memory_layers"] == 4
         assert r["searches_per_token"] == searching_layers * kv
         assert r["ms_per_token"] > 0
+
+
+def test_sentiment_bench_conditions(capsys, monkeypatch):
+    """bench sentiment reports every condition; the memory reaches the model through
+    attention (the same seed samples something else) and the reference through the
+    prompt (the memory's text before the opening, no memory read)."""
+    import json
+
+    import engine.evals.sentiment as bench
+    from engine.__main__ import main
+
+    calls, real = [], bench.sample
+    monkeypatch.setattr(bench, "sample", lambda lm, ids, *a: calls.append(
+        (len(ids), a[-1] is None)) or real(lm, ids, *a))
+    rc = main(["bench", "sentiment", "--model", "tiny", "--seeds", "2", "--new-tokens", "12",
+               "--modes", "attend", "--knn-layers", "0-3", "--json"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert list(report["results"]) == ["none", "prompt:positive", "prompt:negative",
+                                       "attend:positive", "attend:negative"]
+    assert all(-1 <= r["median"] <= 1 and r["iqr"] >= 0 for r in report["results"].values())
+    ex = report["examples"]
+    assert ex["attend:positive"] != ex["none"] and ex["attend:positive"] != ex["attend:negative"]
+    (opening,) = {n for n, plain in calls[:2]}
+    assert all(plain and n > opening + 50 for n, plain in calls[2:6])  # text in the prompt
+    assert all(not plain and n == opening for n, plain in calls[6:])   # memory in attention

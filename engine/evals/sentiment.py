@@ -1,7 +1,20 @@
 """Sentiment steering through memory (the seed's experiment): the kNN memory, not the
 prompt, holds a positive (or negative) view of a subject; a neutral opening about
 the subject is continued over N seeds; VADER compound of each continuation is
-reported as median and IQR for no memory, positive memory and negative memory.
+reported as median and IQR for no memory, positive memory and negative memory, and,
+for reference, for the memory's text placed in the prompt before the opening.
+
+Measured (SmolLM2-135M, 20 seeds, 40 tokens, T 0.8, top-p 0.95; 2-core CPU), median
+compound (IQR), positive / negative: no memory +0.586 (0.887); the text in the prompt
+(reference) +0.786 (0.746) / +0.176 (1.063): the model often drifts off the subject;
+  inject, steer preset (layers 18, 20, 22):  positive +0.708 (0.460), negative +0.454 (0.953)
+  attend, default layers 15-29:              positive +0.932 (0.298), negative +0.719 (1.119)
+  attend, every layer (--knn-layers 0-29 --knn-search-every 1):
+                                             positive +0.927 (0.098), negative -0.185 (0.838)
+The seed's steer preset, translated by depth, barely moves this model (also with 15
+inject layers at 0.3-0.8 of depth: +0.759 / +0.319, 10 seeds); reading memory at every
+layer steers both ways, further than the same text in the prompt does.
+Memory at the lower half only (0-14) breaks the text (repeated words, compound 0).
 """
 from __future__ import annotations
 
@@ -94,16 +107,19 @@ def run(args) -> int:
         index_tokens(lm, store, encode(lm.tokenizer, text), progress=False)
         stores[view] = store
     prompt = encode(lm.tokenizer, OPENING)
-    conditions = [("none", None, None)] + [(f"{m}:{v}", m, v) for m in modes for v in MEMORY]
+    conditions = [("none", None, None)] + [("prompt:" + v, "prompt", v) for v in MEMORY] + \
+        [(f"{m}:{v}", m, v) for m in modes for v in MEMORY]
     results, examples = {}, {}
     for name, mode, view in conditions:
         scores = []
         for seed in range(args.seeds):
-            ctx = None
-            if mode is not None:
+            ctx, ids_in = None, prompt
+            if mode == "prompt":  # reference: the memory's text read as context
+                ids_in = encode(lm.tokenizer, MEMORY[view] + "\n\n" + OPENING)
+            elif mode is not None:
                 s = base.with_(mode=mode)
                 ctx = (lambda s=s, v=view: knn_memory(lm, stores[v], s))
-            ids = sample(lm, prompt, args.new_tokens, seed, args.temperature, args.top_p, ctx)
+            ids = sample(lm, ids_in, args.new_tokens, seed, args.temperature, args.top_p, ctx)
             text = lm.tokenizer.decode(ids)
             scores.append(vader.polarity_scores(text)["compound"])
             if seed == 0:

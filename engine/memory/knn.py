@@ -98,9 +98,10 @@ class KNNSettings:
     ``search_every`` 1 is the choice for the best recall on a short book.
     Another 2-core VM, slower per small op (2026-11-29, after the decode step dropped
     its per-layer mask work: 0.74 -> 0.78 paired): decode on/off 0.76-0.82 at a 2k
-    store (noise +-0.03 between runs); retrieval per token 3.1-4.2 ms at 10k, 6.2-8.1
-    ms at 1M (FAISS's IVF search ~0.2 ms of it per searching layer and KV head, the
-    rest re-ranks, pools and gathers). Fewer layers cost recall more than they save:
+    store (noise +-0.03 between runs, the VM slowing through the day: decode off 21 ->
+    16 tok/s); retrieval per token 3.1-4.4 ms at 10k, 6.2-9.2 ms at 1M (FAISS's IVF
+    search ~0.2 ms of it per searching layer and KV head, the rest re-ranks, pools and
+    gathers). Fewer layers cost recall more than they save:
     every other layer of 15-29, gap closed 0.37 at K=3; layers 18-29, 0.74.
     Gate (separate softmaxes, memory share sigmoid(b)), K=3, every 3rd layer: fixed
     b = -4: names -7.414 (0.017); b learned by ``train knn`` (P&P chapters 20-40, 60

@@ -7,24 +7,50 @@ from __future__ import annotations
 
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import context, export, importing, writer
 from .thoughts import BEGIN, Router, ThoughtBook, note_points, parse_every, write_note
 from .models import ModelSlot
-from .store import ProjectError, Store, slugify, validate_name, validate_text, MAX_CHAPTER_CHARS
+from .store import (ProjectError, Store, change_preview, slugify, validate_name, validate_text,
+                    MAX_CHAPTER_CHARS, MAX_TITLE_CHARS)
 
 AUTOSAVE_S = 0.5            # streamed text reaches disk at least this often
 DEFAULT_BUDGET = 2048       # prompt tokens; prefill dominates a Continue on a CPU
 MAX_MEMORY_CHARS = 4000     # a memory is a fact or a sentence, not a chapter
 THOUGHT_MODES = ("prompt", "self")  # who writes the margin notes (see set_thought_settings)
 SYNC_LIMIT = 128            # chunks embedded in line per Continue (~1-2 s on two cores)
+MIN_ROOM = 200              # characters a Continue needs left under MAX_CHAPTER_CHARS
+ANOTHER_WRITER = ("This novel is being written by another process; wait for it to finish "
+                  "or stop it.")
+LIMIT_REACHED = "The chapter reached its length limit; start a new chapter."
 
 
 class NovelError(ProjectError):
     """Shown to the writer as is."""
+
+
+class StaleText(NovelError):
+    """save_text from a copy of the chapter that is no longer its head: the writer's text
+    was kept as another version (``saved``), the head (``head``) was left as it is."""
+
+    def __init__(self, head: int, saved: int):
+        super().__init__("This chapter was changed elsewhere (another tab or window) after "
+                         "your copy was loaded: the newest text is shown, and your version "
+                         "is kept under \"Other versions\".")
+        self.head, self.saved = head, saved
+
+
+class _Halt:
+    """The cancel flag writer.stream watches: the writer's Stop, or the length limit."""
+
+    def __init__(self, cancel: threading.Event):
+        self.cancel, self.limit = cancel, False
+
+    def is_set(self) -> bool:
+        return self.limit or self.cancel.is_set()
 
 
 @dataclass
@@ -89,6 +115,7 @@ class Novel:
         self.model = model or ModelSlot()
         self._cancel = threading.Event()
         self._busy = threading.Lock()
+        self._writing_cid: int | None = None  # the chapter a running Continue writes in
         self._prefix = writer.PrefixCache()
         self.last_receipt: dict | None = None
         self.job: Job | None = None
@@ -160,18 +187,45 @@ class Novel:
         self.store.move_chapter(chapter_id, delta)
 
     def delete_chapter(self, chapter_id: int) -> None:
+        """Move the chapter to the trash (see trash, restore_chapter)."""
+        if self.busy and self._writing_cid == chapter_id:
+            raise NovelError("The model is writing in this chapter; press Stop first.")
         self.store.delete_chapter(chapter_id)
+
+    def trash(self) -> list[dict]:
+        """[{id, title, words, deleted (timestamp)}], the newest deletion first."""
+        return [{"id": c["id"], "title": c["title"], "words": len((c["text"] or "").split()),
+                 "deleted": c["deleted"]} for c in self.store.trash()]
+
+    def restore_chapter(self, chapter_id: int) -> int:
+        """Bring a chapter back from the trash, at its old position; returns its id."""
+        try:
+            return self.store.restore_chapter(chapter_id)
+        except ProjectError as e:
+            raise NovelError(str(e)) from e
 
     def text(self, chapter_id: int) -> str:
         return self.store.chapter(chapter_id)["text"] or ""
 
-    def save_text(self, chapter_id: int, text: str) -> None:
-        """The writer's own edit (rapid edits share one undo step)."""
+    def save_text(self, chapter_id: int, text: str, base_rev: int | None = None) -> int:
+        """The writer's own edit (rapid edits share one undo step); returns the head
+        revision. ``base_rev``: the head the writer's copy was loaded from (pass back the
+        id each save returns). When the chapter moved on since (another tab, a Continue
+        elsewhere), nothing is overwritten: the text becomes another version on top of
+        ``base_rev`` and StaleText is raised."""
         if self._busy.locked():
             raise NovelError("The model is writing; press Stop before editing.")
+        base_rev = None if base_rev is None else int(base_rev)
+        if base_rev is not None and self.store.query(
+                "SELECT 1 FROM revisions WHERE id=? AND chapter_id=?",
+                (base_rev, chapter_id)) == []:
+            raise NovelError(f"Revision {base_rev} is not part of chapter {chapter_id}.")
         old = self.text(chapter_id)
-        self.store.save_writer_text(chapter_id, text)
+        head, branch = self.store.save_writer_text(chapter_id, text, base_rev)
+        if branch is not None:
+            raise StaleText(head, branch)
         self.thoughts.follow_edit(chapter_id, old, text)
+        return head
 
     def manuscript(self) -> str:
         return "\n\n".join((c["text"] or "").strip() for c in self.store.chapters())
@@ -201,6 +255,34 @@ class Novel:
         parent = self.store.revision(ch["head_rev"])["parent_id"]
         return parent is not None, self.store.latest_child(ch["head_rev"]) is not None
 
+    def head(self, chapter_id: int) -> int:
+        """The id of the chapter's current revision."""
+        return self.store.chapter(chapter_id)["head_rev"]
+
+    def versions(self, chapter_id: int) -> list[dict]:
+        """The alternatives at this point of the history: every revision made on the head's
+        parent (the head among them), oldest first, each {id, author, action, created,
+        words, preview (the start of what it adds to the parent), current}; [] when the
+        head is the first revision."""
+        head = self.store.revision(self.head(chapter_id))
+        if head["parent_id"] is None:
+            return []
+        parent = self.store.revision(head["parent_id"])["text"] or ""
+        return [{"id": r["id"], "author": r["author"], "action": r["action"],
+                 "created": r["created"], "words": len((r["text"] or "").split()),
+                 "preview": change_preview(parent, r["text"] or ""),
+                 "current": r["id"] == head["id"]}
+                for r in self.store.children(head["parent_id"])]
+
+    def switch_version(self, chapter_id: int, rev_id: int) -> str:
+        """Make another version (any revision of this chapter) the head; its text."""
+        self._idle_or_fail()
+        try:
+            self.store.switch_head(chapter_id, int(rev_id))
+        except ProjectError as e:
+            raise NovelError(str(e)) from e
+        return self.text(chapter_id)
+
     def _idle_or_fail(self) -> None:
         if self._busy.locked():
             raise NovelError("The model is writing; press Stop first.")
@@ -214,13 +296,15 @@ class Novel:
             parsed += importing.split_chapters(text, Path(p).stem)
         if not parsed:
             raise NovelError("The files hold no text to import.")
+        for title, body in parsed:  # every chapter checked before the first is added
+            validate_text("The chapter title", (title or "").strip(), MAX_TITLE_CHARS)
+            validate_text(f"The chapter '{(title or '').strip()[:60]}'", body,
+                          MAX_CHAPTER_CHARS)
         blank = self._untouched_blank_chapter()
-        ids = []
-        for title, body in (progress(parsed) if progress else parsed):
-            ids.append(self.store.add_chapter(title, body, author="writer", action="import"))
-        if blank is not None:  # the empty "Chapter 1" a new novel opens with gives way
-            self.store.delete_chapter(blank)
-        return ids
+        # one transaction: a kill mid-import leaves the novel as it was; the empty
+        # "Chapter 1" a new novel opens with gives way in the same one
+        return self.store.add_chapters(progress(parsed) if progress else parsed,
+                                       author="writer", action="import", replace=blank)
 
     def _untouched_blank_chapter(self) -> int | None:
         """The id of the novel's only chapter when nothing was ever written in it."""
@@ -304,11 +388,33 @@ class Novel:
                                             lambda t: len(context.encode(tokenizer, t))))
         except SemanticError as e:
             return [], [f"Semantic recall is off: {e}"]
+        if (shown := self._in_book()) is not None:
+            hits = [h for h in hits if shown(h.key)]
         if self.semantic.pending:
             return hits, [f"Semantic memory is still indexing ({self.semantic.pending} "
                           "passages or memories to go); recall used what was ready. "
                           "'python -m engine memory rebuild' indexes everything at once."]
         return hits, []
+
+    def _in_book(self):
+        """A test on memory keys that is False for a passage or note of a chapter in the
+        trash, or a note Undo has hidden (None when there is none of either)."""
+        trashed = {r["id"] for r in self.store.query(
+            "SELECT p.id FROM passages p JOIN chapters c ON c.id = p.chapter_id "
+            "WHERE c.deleted IS NOT NULL")}
+        hidden = ({r["id"] for r in self.store.query("SELECT id FROM thoughts")}
+                  - {t["id"] for t in self.thoughts.list()})
+        if not trashed and not hidden:
+            return None
+
+        def shown(key: str) -> bool:
+            kind, _, rest = key.partition(":")
+            src = rest.split("#")[0]
+            if not src.isdigit():
+                return True
+            gone = trashed if kind == "passage" else hidden if kind == "thought" else ()
+            return int(src) not in gone
+        return shown
 
     def memories(self, query: str | None = None, limit: int = 200) -> list[dict]:
         """Memories: all of the writer's (pinned first) or, with a query, the best
@@ -323,8 +429,9 @@ class Novel:
         q = query.strip().lower()
         found = [m for m in out if q in m["text"].lower()]
         by_key = {m["key"]: m for m in out}
+        shown = self._in_book() or (lambda k: True)
         for k, score in self.semantic.search(query, limit):
-            if any(f["key"] == k for f in found):
+            if any(f["key"] == k for f in found) or not shown(k):
                 continue
             if k in by_key:
                 found.append({**by_key[k], "score": round(score, 3)})
@@ -516,21 +623,43 @@ class Novel:
     def continue_chapter(self, chapter_id: int, sampling: writer.Sampling | None = None,
                          prompt: str = "", budget: int | None = None, action: str = "continue"):
         """Stream a new passage onto the chapter; yields Events, saves as it goes."""
+        with self._writing():
+            yield from self._continue(chapter_id, sampling or writer.Sampling(), prompt,
+                                      budget, action)
+
+    @contextmanager
+    def _writing(self):
+        """This novel's one writer: no other Continue in this process, nor in any other
+        (an advisory lock file in the project folder, held until the passage is saved)."""
         if not self._busy.acquire(blocking=False):
             raise NovelError("The model is already writing in this novel; wait or press Stop.")
         try:
-            yield from self._continue(chapter_id, sampling or writer.Sampling(), prompt,
-                                      budget, action)
+            if not self.store.lock_writer():
+                raise NovelError(ANOTHER_WRITER)
+            try:
+                yield
+            finally:
+                self.store.unlock_writer()
         finally:
             self._busy.release()
 
     def _continue(self, chapter_id, sampling, prompt, budget, action):
         self._cancel.clear()
-        lm = self.model.get()
+        self._writing_cid = chapter_id
         validate_text("The prompt", prompt, MAX_CHAPTER_CHARS)
-        base = self.text(chapter_id)
+        ch = self.store.chapter(chapter_id)
+        if ch["deleted"] is not None:
+            raise NovelError(f"'{ch['title']}' is in the trash; restore it to write in it.")
+        base = ch["text"] or ""
         if prompt.strip():  # the writer's own words go in first, as their own revision
             base = (base.rstrip() + "\n\n" + prompt.strip()) if base.strip() else prompt.strip()
+        if len(base) + MIN_ROOM > MAX_CHAPTER_CHARS:  # refused before any model is loaded
+            raise NovelError(
+                f"This chapter is at its length limit ({len(base):,} characters"
+                f"{' with the prompt' if prompt.strip() else ''}; a chapter holds at most "
+                f"{MAX_CHAPTER_CHARS:,}): start a new chapter to write on.")
+        lm = self.model.get()
+        if prompt.strip():
             self.store.new_revision(chapter_id, base, "writer", "prompt")
         sampling = sampling.resolved()
         settings = self.thought_settings()
@@ -566,22 +695,27 @@ class Novel:
             ids = ids + lm.tokenizer(BEGIN, add_special_tokens=False)["input_ids"]
             router.feed(BEGIN)
         t0, last_save, text = time.perf_counter(), time.perf_counter(), base
+        room = MAX_CHAPTER_CHARS - len(base)  # the chapter never passes its limit
+        halt = _Halt(self._cancel)
         status = "error"
         try:
             with lm.lock, adapter():  # the adapter only while this novel writes
-                for delta in writer.stream(lm, ids, sampling, self._cancel, self._prefix,
+                for delta in writer.stream(lm, ids, sampling, halt, self._prefix,
                                            prefix_key=prefix_key, forward_context=forward,
                                            result=result):
                     delta = router.feed(delta)
+                    if len(router.prose) >= room:
+                        delta = delta[:max(0, len(delta) - (len(router.prose) - room))]
+                        halt.limit = True  # the stream ends before its next token
                     text += delta
                     if time.perf_counter() - last_save >= AUTOSAVE_S:
                         self.store.update_revision(rev, text)
                         last_save = time.perf_counter()
                     yield Event(text=text, delta=delta, status="Writing…")
-            status = result.stop_reason or "done"
+            status = "limit" if halt.limit else (result.stop_reason or "done")
         finally:
             router.finish()
-            written = router.prose
+            written = router.prose[:room]
             text = base + written
             seconds = time.perf_counter() - t0
             if written:
@@ -625,7 +759,8 @@ class Novel:
                    "temperature or change the seed.")
         else:
             msg = {"cancelled": "Stopped.", "eos": "The model finished the passage.",
-                   "length": "Reached the token limit."}.get(status, "Done.")
+                   "length": "Reached the token limit.",
+                   "limit": LIMIT_REACHED}.get(status, "Done.")
         if receipt.get("warnings"):  # e.g. pins alone over budget: the writer must know
             msg += " ⚠ " + " ".join(receipt["warnings"])
         yield Event(text=text, done=True, status=msg, receipt=receipt, result=result,
@@ -720,10 +855,9 @@ class Novel:
         return self.job
 
     def _drop_head(self, chapter_id: int, rev: int) -> None:
-        parent = self.store.revision(rev)["parent_id"]
-        with self.store.tx() as db:
-            db["chapters"].update(chapter_id, {"head_rev": parent})
-            db.execute("DELETE FROM revisions WHERE id=?", (rev,))
+        """Forget an empty passage's revision -- only while it is still the head with
+        nothing on top of it (another tab or process may have built on it meanwhile)."""
+        self.store.drop_empty_head(chapter_id, rev)
 
     def retry(self, chapter_id: int, sampling: writer.Sampling | None = None,
               budget: int | None = None):
@@ -731,9 +865,10 @@ class Novel:
         head = self.store.revision(self.store.chapter(chapter_id)["head_rev"])
         if head["author"] != "model":
             raise NovelError("The last change was not written by the model; nothing to retry.")
-        self._idle_or_fail()
-        self.store.undo(chapter_id)
-        yield from self.continue_chapter(chapter_id, sampling, budget=budget, action="retry")
+        with self._writing():  # locked before the undo: a refused Retry changes nothing
+            self.store.undo(chapter_id)
+            yield from self._continue(chapter_id, sampling or writer.Sampling(), "", budget,
+                                      "retry")
 
 
 def _embed_passage(novel: "Novel", chapter_id: int, passage_id: int) -> None:

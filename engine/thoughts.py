@@ -151,16 +151,30 @@ def note_messages(passage: str, bible: dict, plan: bool = False) -> list[dict]:
 
 
 class ThoughtBook:
-    """A novel's thoughts in novel.db: anchored per chapter, with their edit history."""
+    """A novel's thoughts in novel.db: anchored per chapter, with their edit history.
+
+    A thought belongs to the revision it was made on: it is shown while that revision is
+    the chapter's head or one of the head's ancestors, so Undo hides the notes of what it
+    undid and Redo brings them back (the writer's later edits are descendants)."""
 
     def __init__(self, store):
         self.store = store
 
     def list(self, chapter_id: int | None = None) -> list[dict]:
-        where, args = ("WHERE chapter_id=?", (chapter_id,)) if chapter_id is not None else ("", ())
-        return self.store.query(f"SELECT id, chapter_id, passage_id, anchor, text, created, "
-                                f"updated FROM thoughts {where} ORDER BY chapter_id, anchor, id",
-                                args)
+        """The thoughts shown now, of one chapter or of every live one."""
+        if chapter_id is not None:
+            heads, args = "SELECT head_rev FROM chapters WHERE id=?", (chapter_id, chapter_id)
+            where = "t.chapter_id=? AND "
+        else:
+            heads, args, where = "SELECT head_rev FROM chapters WHERE deleted IS NULL", (), ""
+        return self.store.query(
+            f"WITH RECURSIVE shown(id) AS ({heads} UNION "
+            "SELECT r.parent_id FROM revisions r JOIN shown s ON r.id = s.id "
+            "WHERE r.parent_id IS NOT NULL) "
+            "SELECT t.id, t.chapter_id, t.passage_id, t.revision_id, t.anchor, t.text, "
+            f"t.created, t.updated FROM thoughts t WHERE {where}"
+            "(t.revision_id IS NULL OR t.revision_id IN (SELECT id FROM shown)) "
+            "ORDER BY t.chapter_id, t.anchor, t.id", args)
 
     def get(self, thought_id: int) -> dict:
         rows = self.store.query("SELECT * FROM thoughts WHERE id=?", (thought_id,))
@@ -170,15 +184,24 @@ class ThoughtBook:
         return rows[0]
 
     def add(self, chapter_id: int, anchor: int, text: str, passage_id: int | None = None,
-            author: str = "writer") -> int:
+            author: str = "writer", revision_id: int | None = None) -> int:
+        """A thought on ``revision_id`` (default: its passage's revision, else the
+        chapter's head), anchored in that revision's text."""
         from .store import ProjectError, now, validate_text
         text = validate_text("The thought", (text or "").strip(), 5_000)
         if not text:
             raise ProjectError("The thought is empty.")
-        length = len(self.store.chapter(chapter_id)["text"] or "")
+        if revision_id is None and passage_id is not None:
+            rows = self.store.query("SELECT revision_id FROM passages WHERE id=?",
+                                    (passage_id,))
+            revision_id = rows[0]["revision_id"] if rows else None
+        if revision_id is None:
+            revision_id = self.store.chapter(chapter_id)["head_rev"]
+        length = len(self.store.revision(revision_id)["text"] or "")
         t = now()
         with self.store.tx() as db:
             tid = db["thoughts"].insert({"chapter_id": chapter_id, "passage_id": passage_id,
+                                         "revision_id": revision_id,
                                          "anchor": max(0, min(int(anchor), length)),
                                          "text": text, "created": t, "updated": t}).last_pk
             db["thought_history"].insert({"thought_id": tid, "text": text, "author": author,

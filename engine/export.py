@@ -1,5 +1,11 @@
-"""Exports of the manuscript: Markdown and plain text."""
+"""Exports of the manuscript: Markdown and plain text, and writing them safely."""
 from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .store import ProjectError
 
 FORMATS = ("md", "txt")
 
@@ -16,3 +22,43 @@ def render(bible: dict, chapters: list[dict], fmt: str) -> str:
         parts = [f"{title}\n{'=' * len(title)}\n"]
         parts += [f"{c['title']}\n\n{(c['text'] or '').strip()}\n" for c in chapters]
     return "\n".join(parts)
+
+
+def check_out_path(out, project) -> Path:
+    """The resolved path an export may be written to, or a ProjectError: never over a
+    file inside a project folder (the novel's own, or any folder holding a novel.db),
+    where it could replace novel.db or the memory files."""
+    out_path = Path(out).expanduser()
+    target = out_path.resolve()
+    project = Path(project).expanduser().resolve()
+    if target.is_dir():
+        raise ProjectError(f"{out} is a folder; give a file name, e.g. {out_path / 'novel.md'}.")
+    for folder in target.parents:
+        if folder == project or (folder / "novel.db").exists():
+            raise ProjectError(f"{out} lies inside the project folder {folder}; an export "
+                               "there could overwrite the novel. Write it somewhere else.")
+    if not target.parent.is_dir():
+        raise ProjectError(f"The folder {out_path.parent} does not exist.")
+    return target
+
+
+def write_atomic(path, text: str) -> None:
+    """Write ``text`` to ``path`` all at once: a temporary file in the same folder, synced,
+    then renamed over the target (a crash leaves the old file or the new one)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -6,6 +6,7 @@ stable blocks first, so most Continues only prefill the recent text.
 """
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -15,6 +16,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 PREFILL_CHUNK = 512
+
+
+MAX_NEW_TOKENS = 4096
+# A signed 64-bit integer (as SQLite keeps it); torch's manual_seed takes up to 2**64-1,
+# so the margin notes' seed + i still fits.
+MAX_SEED = 2**63 - 1
+MAX_TEMPERATURE = 5.0
 
 
 @dataclass
@@ -27,13 +35,40 @@ class Sampling:
     penalty_window: int = 256
 
     def resolved(self) -> "Sampling":
-        """A copy with a concrete seed and values clamped to sane ranges."""
+        """A copy with a concrete seed and values clamped to sane ranges (the UI's
+        sliders rely on it; the CLI refuses what is out of range with ``validate``)."""
         seed = self.seed if self.seed is not None and self.seed >= 0 else random.randrange(2**31)
-        return Sampling(temperature=max(0.0, min(float(self.temperature), 5.0)),
+        return Sampling(temperature=max(0.0, min(float(self.temperature), MAX_TEMPERATURE)),
                         top_p=max(0.01, min(float(self.top_p), 1.0)),
-                        max_new_tokens=max(1, min(int(self.max_new_tokens), 4096)),
+                        max_new_tokens=max(1, min(int(self.max_new_tokens), MAX_NEW_TOKENS)),
                         seed=int(seed), repetition_penalty=max(1.0, float(self.repetition_penalty)),
                         penalty_window=int(self.penalty_window))
+
+    def validate(self) -> "Sampling":
+        """Self, or a ValueError naming the allowed range of the first bad value: no
+        silent clamping, no NaN, no seed that overflows the generator."""
+        def number(name, v, lo, hi, lo_open=False):
+            try:
+                f = float(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"{name} must be a number, not {v!r}.") from None
+            if not (math.isfinite(f) and (lo < f if lo_open else lo <= f) and f <= hi):
+                raise ValueError(f"{name} must lie in {'(' if lo_open else '['}{lo:g}, "
+                                 f"{hi:g}], not {v}.")
+
+        def whole(name, v, lo, hi, hi_text=None):
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ValueError(f"{name} must be a whole number in {lo}..{hi_text or hi}, "
+                                 f"not {v}.")
+
+        number("The temperature", self.temperature, 0.0, MAX_TEMPERATURE)
+        number("top-p", self.top_p, 0.0, 1.0, lo_open=True)
+        whole("The number of tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
+        if self.seed is not None:
+            whole("The seed", self.seed, 0, MAX_SEED, "2**63-1")
+        number("The repetition penalty", self.repetition_penalty, 1.0, 100.0)
+        whole("The penalty window", self.penalty_window, 0, 1 << 20)
+        return self
 
     def to_dict(self) -> dict:
         return asdict(self)

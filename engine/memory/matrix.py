@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -111,6 +112,7 @@ class MemoryMatrix:
         self.writes = 0
         self.usage = np.zeros((0, BUCKETS), np.float32)   # gate mass per write per bucket
         self.chapters = np.zeros(0, np.int64)             # chapter of each write
+        self.extra: dict | None = None                    # saved with it (see save)
 
     # -- write ---------------------------------------------------------------------
     def observe(self, states: np.ndarray) -> np.ndarray:
@@ -189,17 +191,24 @@ class MemoryMatrix:
         if not (np.isfinite(self.M).all() and np.isfinite(self.mu).all()):
             raise MatrixError("the matrix holds NaN or infinite values")
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, extra: dict | None = None) -> None:
+        """Write M and everything about it to one file, atomically. ``extra``: more
+        JSON-able fields kept in the same file (a project's segment list), so the
+        matrix and what it records can never be saved apart."""
         from safetensors.numpy import save_file
 
         self.check()
         meta = {"format": str(FORMAT), "stamp": json.dumps(self.stamp, sort_keys=True),
                 "settings": json.dumps(self.settings.to_dict()), "tokens": str(self.tokens),
                 "spread": repr(self.spread), "writes": str(self.writes)}
+        if extra:
+            meta["extra"] = json.dumps(extra)
         tmp = path.with_suffix(".tmp")
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({"M": self.M, "pinned": self.pinned.astype(np.uint8), "mu": self.mu,
                    "usage": self.usage, "chapters": self.chapters}, str(tmp), metadata=meta)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         tmp.replace(path)  # atomic: a crash leaves the old file or the new one
 
     @classmethod
@@ -223,6 +232,7 @@ class MemoryMatrix:
             mm.usage, mm.chapters = arrays["usage"], arrays["chapters"]
             mm.tokens, mm.writes = int(meta["tokens"]), int(meta["writes"])
             mm.spread = float(meta["spread"])
+            mm.extra = json.loads(meta["extra"]) if "extra" in meta else None
         except MatrixError:
             raise
         except Exception as e:  # noqa: BLE001 - any unreadable file is "corrupt"

@@ -4,7 +4,10 @@ manuscript, pins, and the memory tokens a Continue reads.
 * Setting: ``settings['matrix']`` in novel.db (on, layer, slots, rows, adapter) and
   ``settings['matrix_pins']`` ({memory id: slots}); the writer's data lives in the db.
 * File: ``<project>/memory/matrix.safetensors`` is derived data, stamped with the model
-  fingerprint and the write settings. A missing, corrupt, foreign or NaN file is
+  fingerprint and the write settings, and holding the list of segments written, so
+  the matrix and its record are one atomic file (an older layout kept the list in
+  ``matrix.json``, and a crash between the two left them apart). A missing, corrupt,
+  foreign or NaN file, or one whose segment list does not match its writes, is
   rebuilt from the manuscript (never trusted blindly); the reason is kept in ``notice``.
 * Writes: each chapter's tokens are cut into segments of ``SEGMENT`` tokens; every
   full segment is written once, in book order. The file records the segments it holds
@@ -147,24 +150,33 @@ class ProjectMatrix:
             return self._fresh(lm, stamp), []
         try:
             mm = MemoryMatrix.load(p, stamp)
-            segs = json.loads((p.with_suffix(".json")).read_text())["segments"]
+            if mm.extra is not None:
+                segs = mm.extra["segments"]
+            else:  # the older two-file layout
+                segs = json.loads(self._legacy().read_text())["segments"]
+            if not isinstance(segs, list):
+                raise ValueError("its segment list is not a list")
+            written = int((mm.chapters >= 0).sum())  # pins write with chapter -1
+            if written != len(segs):
+                raise ValueError(f"it holds {written} segment writes but records "
+                                 f"{len(segs)}; an interrupted save")
             return mm, list(segs)
-        except (MatrixError, OSError, ValueError, KeyError) as e:
+        except (MatrixError, OSError, ValueError, KeyError, TypeError) as e:
             self.notice = f"The memory matrix file was not usable ({e}); rebuilt from the manuscript."
             return self._fresh(lm, stamp), []
 
+    def _legacy(self) -> Path:
+        return self.path().with_suffix(".json")
+
     def _save(self, mm: MemoryMatrix) -> None:
-        p = self.path()
-        mm.save(p)
-        tmp = p.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"segments": self._segments}))
-        tmp.replace(p.with_suffix(".json"))
+        mm.save(self.path(), extra={"segments": self._segments})
+        self._legacy().unlink(missing_ok=True)
 
     def reset(self) -> dict:
         """Forget everything written; pinned memories are written and pinned again."""
         with self._lock:
             self._mm, self._segments = None, []
-            for f in (self.path(), self.path().with_suffix(".json")):
+            for f in (self.path(), self._legacy()):
                 f.unlink(missing_ok=True)
             self.notice = ""
             self.matrix()

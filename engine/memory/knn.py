@@ -524,6 +524,50 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(f.fileno())
 
 
+def clean_stale(folder: Path) -> list[Path]:
+    """Tidy what interrupted saves left next to the store ``folder``: remove each
+    ``knn.tmp-PID`` folder whose process is gone, and when the store itself is missing
+    but ``knn.old`` (the store before a save's swap) is there and no save is under way,
+    put it back (it is verified on load like any store). Returns what was removed."""
+    folder = Path(folder)
+    removed, live = [], False
+    for tmp in folder.parent.glob(folder.name + ".tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit():
+            continue
+        if _alive(int(pid), tmp):
+            live = True
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+        log.warning("removed %s, left by an interrupted save", tmp)
+    old = folder.with_name(folder.name + ".old")
+    if not live and old.is_dir() and not folder.exists():
+        try:
+            old.rename(folder)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` (the writer of ``path``) may still be running."""
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill would terminate it there: trust only a day's age
+        try:
+            return time.time() - path.stat().st_mtime < 86400
+        except OSError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, another user's
+        return True
+    return True
+
+
 # -- the one entry point the engine calls --------------------------------------------------
 def store_folder(project_folder: Path) -> Path:
     return Path(project_folder) / "memory" / KNN_DIR
@@ -564,6 +608,7 @@ def ensure_store(folder, lm, token_ids, settings: KNNSettings | None = None,
     folder = Path(folder)
     if (folder / "novel.db").exists() or folder.name != KNN_DIR:
         folder = store_folder(folder)
+    clean_stale(folder)
     depth, kv, hd = model_shape(lm)
     ids = np.asarray(list(token_ids), np.int64)
     try:

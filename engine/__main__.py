@@ -1,6 +1,8 @@
 """python -m engine: the command line, a thin layer over Novel.
 
-Every command exits non-zero with a one-line reason on bad input.
+Every command exits non-zero with a one-line reason on bad input ("error: ..."), and
+checks everything it can before it changes anything. A bug prints one line too
+("internal error: ..."), with the traceback saved to a file (MNEMOSYNE_DEBUG=1 shows it).
 """
 from __future__ import annotations
 
@@ -8,8 +10,11 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
+
+from .score import float_in, int_in
 
 BENCHES = ("speed", "recall", "perplexity", "sentiment", "continuity", "matrix")
 TRAINERS = ("thoughts", "memory", "knn")
@@ -37,11 +42,16 @@ def cmd_new(args) -> int:
 def cmd_import(args) -> int:
     from tqdm import tqdm
 
+    from .importing import read_text
     from .novel import Novel
 
     novel = Novel.open(Path(args.project))
+    encodings = [(f, read_text(Path(f))[1]) for f in args.files]  # all checked first
     ids = novel.import_files(args.files, progress=lambda xs: tqdm(xs, desc="Importing",
                                                                    unit="chapter"))
+    for f, enc in encodings:
+        if enc != "utf-8":
+            print(f"Read {Path(f).name} as {enc}.")
     print(f"Imported {len(ids)} chapter(s).")
     return 0
 
@@ -61,22 +71,56 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _writable(path: str) -> Path:
+    """``path`` if a file can be written there (checked before anything runs)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ValueError(f"--receipt {path} is a folder; give a file name.")
+    if not p.parent.is_dir():
+        raise ValueError(f"--receipt {path}: the folder {p.parent} does not exist.")
+    if not os.access(p.parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ValueError(f"--receipt {path} cannot be written (permission denied).")
+    return p
+
+
 def cmd_write(args) -> int:
     from .novel import Novel
+    from .store import MAX_CHAPTER_CHARS, validate_text
     from .writer import Sampling
 
+    # Everything is checked before anything changes: the values, the receipt's path,
+    # the chapter, the model and the settings the Continue will run under.
+    sampling = Sampling(temperature=args.temperature, top_p=args.top_p,
+                        max_new_tokens=args.tokens, seed=args.seed).validate()
+    validate_text("The prompt", args.prompt or "", MAX_CHAPTER_CHARS)
+    receipt_path = _writable(args.receipt) if args.receipt else None
     novel = Novel.open(Path(args.project), _slot(args))
-    if not novel.chapters():
-        novel.add_chapter("Chapter 1")
-    cid = novel.chapter_id(args.chapter)
+    if novel.chapters():
+        cid = novel.chapter_id(args.chapter)
+    elif args.chapter not in (None, 1):
+        raise ValueError(f"There is no chapter {args.chapter}: this novel has no chapters "
+                         "yet (leave out --chapter to start Chapter 1).")
+    else:
+        cid = None
+    lm = novel.model.get()  # a model that cannot load fails here, with nothing changed
+    if args.budget is not None and args.budget > lm.context_length:
+        raise ValueError(f"--budget must be 1..{lm.context_length} tokens for {lm.name}, "
+                         f"not {args.budget}.")
+    _check_memory_layers(novel)
+    changes = {}
     if args.no_thoughts or args.plan_first:
-        novel.set_thought_settings(on=not args.no_thoughts, plan_first=args.plan_first)
+        changes.update(on=not args.no_thoughts, plan_first=args.plan_first)
     mode = "self" if args.self_commentary else args.thought_mode
     if mode or args.thought_adapter is not None or args.note_every is not None:
-        novel.set_thought_settings(mode=mode, adapter=args.thought_adapter,
-                                   every=args.note_every)
-    sampling = Sampling(temperature=args.temperature, top_p=args.top_p,
-                        max_new_tokens=args.tokens, seed=args.seed)
+        changes.update(mode=mode, adapter=args.thought_adapter, every=args.note_every)
+    if changes:  # one call: the whole change is checked before it is saved
+        novel.set_thought_settings(**changes)
+    else:
+        settings = novel.thought_settings()
+        if settings["on"] and settings.get("mode") == "self":  # a stored adapter's check
+            novel._self_commentary(lm, settings)
+    if cid is None:
+        cid = novel.add_chapter("Chapter 1")
     last = None
     try:
         for ev in novel.continue_chapter(cid, sampling, prompt=args.prompt or "",
@@ -92,9 +136,32 @@ def cmd_write(args) -> int:
     print()
     if last is not None:
         print(f"[{last.status} {json.dumps(last.stats)}]", file=sys.stderr)
-        if args.receipt:
-            Path(args.receipt).write_text(json.dumps(last.receipt, indent=2))
+        if receipt_path is not None:
+            from .export import write_atomic
+            write_atomic(receipt_path, json.dumps(last.receipt, indent=2))
     return 0
+
+
+def _check_memory_layers(novel) -> None:
+    """The memory layers stored for this novel exist in the loaded model (a matrix or
+    kNN setting made under another model would fail mid-Continue)."""
+    if (novel.store.get_setting("matrix") or {}).get("on"):
+        novel.matrix_settings()  # resolves the matrix layer against the model: ValueError
+    knn = novel.knn_settings()
+    depth = knn.get("depth") or 0
+    if knn["on"] and depth and any(not 0 <= int(x) < depth for x in knn["layers"] or ()):
+        raise ValueError(f"The kNN memory reads layers {knn['layers']}, but this model has "
+                         f"layers 0..{depth - 1}; set them again in the memory panel.")
+
+
+def _memory_ref(ref: str, keys: bool = False) -> str:
+    """A memory id ('3' or 'memory:3'), or with ``keys`` a passage/thought key too."""
+    r = (ref or "").strip()
+    if r.removeprefix("memory:").isdigit():
+        return r
+    if keys and r.startswith(("passage:", "thought:")):
+        return r
+    raise ValueError(f"'{ref}' is not a memory id; see 'memory list'.")
 
 
 def cmd_memory(args) -> int:
@@ -119,13 +186,13 @@ def cmd_memory(args) -> int:
         mid = novel.add_memory(" ".join(args.text), pin=args.pin)
         print(f"Added memory {mid}{' (pinned)' if args.pin else ''}.")
     elif act in ("pin", "unpin"):
-        mid = getattr(novel, act)(args.ref)
+        mid = getattr(novel, act)(_memory_ref(args.ref, keys=act == "pin"))
         print(f"Memory {mid} {act}ned.")
     elif act == "edit":
-        novel.edit_memory(int(args.ref), " ".join(args.text))
+        novel.edit_memory(_memory_ref(args.ref), " ".join(args.text))
         print(f"Memory {args.ref} edited.")
     elif act == "delete":
-        novel.delete_memory(int(args.ref))
+        novel.delete_memory(_memory_ref(args.ref))
         print(f"Memory {args.ref} deleted.")
     elif act == "link":
         novel.link(args.a, args.b)
@@ -141,6 +208,10 @@ def cmd_matrix(args) -> int:
 
     novel = Novel.open(Path(args.project), _slot(args))
     act = args.action
+    if act in ("pin", "unpin") and args.ref:
+        args.ref = _memory_ref(args.ref)
+    if act in ("on", "set") and (args.layer is not None or args.adapter):
+        novel.model.get()  # the layer is checked against the model, the adapter loaded
     if act in ("on", "off", "set"):
         on = act == "on" or (act == "set" and novel.matrix_settings()["on"])
         novel.set_matrix_settings(on, args.layer, args.slots, args.rows, args.adapter)
@@ -190,10 +261,13 @@ def _bar(desc):
 def cmd_export(args) -> int:
     from .novel import Novel
 
+    from .export import check_out_path, write_atomic
+
     novel = Novel.open(Path(args.project))
+    out = check_out_path(args.out, args.project) if args.out else None
     text = novel.export_with_notes() if args.format == "notes" else novel.export(args.format)
-    if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
+    if out is not None:
+        write_atomic(out, text)
         print(f"Wrote {args.out}")
     else:
         sys.stdout.write(text)
@@ -244,9 +318,26 @@ def cmd_train(args) -> int:
     return importlib.import_module(f".train.{args.what}", __package__).run(args)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its complaint on one line: 'error: argument --tokens: must be ...'."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def _every(text):
+    from .thoughts import parse_every
+    try:
+        return str(parse_every(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m engine",
-                                 description="Mnemosyne: a novel writer that remembers.")
+    from .writer import MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE
+
+    ap = _Parser(prog="python -m engine",
+                 description="Mnemosyne: a novel writer that remembers.")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("new", help="create a novel")
@@ -268,17 +359,22 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("write", help="continue a chapter, streaming the text")
     p.add_argument("--project", required=True)
-    p.add_argument("--chapter", type=int, default=None, help="1-based; default: the last")
-    p.add_argument("--tokens", type=int, default=200)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--budget", type=int, default=None, help="prompt token budget")
+    p.add_argument("--chapter", type=int_in(1), default=None, help="1-based; default: the last")
+    p.add_argument("--tokens", type=int_in(1, MAX_NEW_TOKENS), default=200,
+                   help=f"new tokens, 1..{MAX_NEW_TOKENS}")
+    p.add_argument("--seed", type=int_in(0, MAX_SEED, "2**63-1"), default=None,
+                   help="0..2**63-1; default: a fresh one, recorded")
+    p.add_argument("--temperature", type=float_in(0.0, MAX_TEMPERATURE), default=0.8,
+                   help=f"0..{MAX_TEMPERATURE:g}")
+    p.add_argument("--top-p", type=float_in(0.0, 1.0, lo_open=True), default=0.95,
+                   help="in (0, 1]")
+    p.add_argument("--budget", type=int_in(1), default=None,
+                   help="prompt token budget (at most the model's context length)")
     p.add_argument("--prompt", default="", help="your own words, added before the model writes")
     p.add_argument("--receipt", default=None, help="write the context receipt here (JSON)")
     p.add_argument("--no-thoughts", action="store_true", help="no margin note (kept as a setting)")
     p.add_argument("--plan-first", action="store_true", help="the note plans the passage first")
-    p.add_argument("--note-every", default=None, metavar="passage|paragraph|N",
+    p.add_argument("--note-every", type=_every, default=None, metavar="passage|paragraph|N",
                    help="a margin note after each paragraph (default), each passage, or "
                         "every N tokens (kept as a setting)")
     p.add_argument("--thought-mode", choices=("prompt", "self"), default=None,
@@ -304,7 +400,8 @@ def parser() -> argparse.ArgumentParser:
         if name in ("list", "search"):
             mp.add_argument("query", nargs="?" if name == "list" else None, default=None)
             mp.add_argument("--query", dest="query", default=argparse.SUPPRESS)
-            mp.add_argument("--limit", type=int, default=200 if name == "list" else 10)
+            mp.add_argument("--limit", type=int_in(1, 100_000),
+                            default=200 if name == "list" else 10)
             mp.add_argument("--json", action="store_true")
         if name in ("pin", "unpin", "edit", "delete"):
             mp.add_argument("ref")
@@ -321,9 +418,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--project", required=True)
     p.add_argument("action", choices=("list", "add", "edit", "delete"))
     p.add_argument("text", nargs="*", default=[], help="the note (add, edit), before any option")
-    p.add_argument("--id", type=int, default=None)
-    p.add_argument("--chapter", type=int, default=None, help="1-based; add: default the last")
-    p.add_argument("--anchor", type=int, default=None, help="character offset; default: end")
+    p.add_argument("--id", type=int_in(1), default=None)
+    p.add_argument("--chapter", type=int_in(1), default=None,
+                   help="1-based; add: default the last")
+    p.add_argument("--anchor", type=int_in(0), default=None,
+                   help="character offset; default: end")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_thoughts)
 
@@ -332,9 +431,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("show", "on", "off", "set", "pin", "unpin", "reset",
                                       "usage"))
     p.add_argument("ref", nargs="?", default=None, help="pin/unpin: a memory id")
-    p.add_argument("--layer", type=int, default=None)
-    p.add_argument("--slots", type=int, default=None)
-    p.add_argument("--rows", type=int, default=None, help="memory tokens read per layer")
+    p.add_argument("--layer", type=int_in(0), default=None,
+                   help="within the model's layers (checked against it)")
+    p.add_argument("--slots", type=int_in(64, 65536), default=None,
+                   help="a multiple of 64, 64..65536")
+    p.add_argument("--rows", type=int_in(1, 1024), default=None,
+                   help="memory tokens read per layer, 1..1024")
     p.add_argument("--adapter", default=None, help="a trained adapter ('' for none)")
     p.add_argument("--json", action="store_true")
     _model_arg(p)
@@ -374,16 +476,47 @@ def _subcommands(sub, package: str, names, fn) -> None:
         p.set_defaults(fn=fn)
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _crash_report(e: BaseException, argv) -> str:
+    """Where the traceback of an unexpected error was saved, or how to see it."""
+    import time
+    import traceback
+
+    from .models import cache_dir
+    try:
+        folder = cache_dir() / "crashes"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+        path.write_text(f"python -m engine {' '.join(map(str, argv))}\n\n"
+                        + "".join(traceback.format_exception(e)), encoding="utf-8")
+        return str(path)
+    except OSError:
+        return "run with MNEMOSYNE_DEBUG=1"
+
+
 def main(argv=None) -> int:
     from .models import ModelError
     from .store import ProjectError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
     try:
         return args.fn(args)
     except (ProjectError, ModelError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback in a file
+        if os.environ.get("MNEMOSYNE_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"internal error: {type(e).__name__}: {_one_line(e)}, details: "
+              f"{_crash_report(e, argv)}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

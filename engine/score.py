@@ -23,7 +23,9 @@ Measured (2-core VM, bundled model, W 256, P&P chapters 4-5 after chapters 1-3,
 """
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -33,13 +35,48 @@ from . import context
 MEMORIES = ("none", "knn", "matrix", "all")
 
 
+def int_in(lo: int, hi: int | None = None, hi_text: str | None = None):
+    """An argparse type: a whole number in lo..hi, refused with the range named."""
+    def parse(text):
+        try:
+            v = int(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if v < lo or (hi is not None and v > hi):
+            span = f"{lo}..{hi_text or hi}" if hi is not None else f"{lo} or more"
+            raise argparse.ArgumentTypeError(f"must be {span}, not {v}")
+        return v
+    parse.__name__ = "whole number"
+    return parse
+
+
+def float_in(lo: float | None = None, hi: float | None = None, lo_open: bool = False):
+    """An argparse type: a finite number in [lo, hi] (or (lo, hi] with lo_open)."""
+    def parse(text):
+        try:
+            v = float(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        low_ok = lo is None or (v > lo if lo_open else v >= lo)
+        if not (math.isfinite(v) and low_ok and (hi is None or v <= hi)):
+            if lo is None and hi is None:
+                span = "a finite number"
+            else:
+                span = (f"in {'(' if lo_open else '['}{lo:g}, {hi:g}]" if hi is not None
+                        else f"{'over' if lo_open else 'at least'} {lo:g}")
+            raise argparse.ArgumentTypeError(f"must be {span}, not {text}")
+        return v
+    parse.__name__ = "number"
+    return parse
+
+
 def add_arguments(p) -> None:
     p.add_argument("--project", required=True, help="project folder (holds novel.db)")
     p.add_argument("--text-file", required=True, help="the text to score as continuation")
-    p.add_argument("--window", type=int, default=256, help="local window W in tokens")
+    p.add_argument("--window", type=int_in(1), default=256, help="local window W in tokens")
     p.add_argument("--memory", choices=MEMORIES, default="none")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--block", type=int, default=None,
+    p.add_argument("--block", type=int_in(1), default=None,
                    help="tokens scored per forward pass (default: W)")
     add_knn_arguments(p)
     add_matrix_arguments(p)
@@ -51,19 +88,20 @@ def add_knn_arguments(p) -> None:
     """Flags that override KNNSettings (shared by the score CLI and the benchmarks)."""
     p.add_argument("--knn-mode", choices=("attend", "inject"), default=None)
     p.add_argument("--knn-layers", default=None, help="layer indices and ranges: 22,25 or 15-29")
-    p.add_argument("--knn-k", type=int, default=None)
-    p.add_argument("--knn-heads", type=float, default=None, help="fraction of query heads")
+    p.add_argument("--knn-k", type=int_in(1, 1024), default=None)
+    p.add_argument("--knn-heads", type=float_in(0.0, 1.0, lo_open=True), default=None,
+                   help="fraction of query heads")
     p.add_argument("--knn-position", choices=("behind", "exact"), default=None)
     p.add_argument("--knn-preset", choices=("recall", "steer"), default=None)
     p.add_argument("--knn-gate", action="store_true", default=None)
-    p.add_argument("--knn-gate-bias", type=float, default=None,
+    p.add_argument("--knn-gate-bias", type=float_in(), default=None,
                    help="gate mode: memory's share is sigmoid(bias) (default -4)")
     p.add_argument("--knn-gate-file", default=None,
                    help="gate mode with learned biases (python -m engine train knn)")
-    p.add_argument("--knn-search-every", type=int, default=None,
+    p.add_argument("--knn-search-every", type=int_in(1), default=None,
                    help="attend layers per index search; the others re-rank its hits")
-    p.add_argument("--knn-nprobe", type=int, default=None, help="IVF lists searched")
-    p.add_argument("--knn-approx-threshold", type=int, default=None,
+    p.add_argument("--knn-nprobe", type=int_in(1), default=None, help="IVF lists searched")
+    p.add_argument("--knn-approx-threshold", type=int_in(1), default=None,
                    help="vectors per index from which search is approximate (IVF)")
     p.add_argument("--knn-inject", default=None, metavar="KEY=VALUE,...",
                    help="override the inject preset: inject_type, k, bf, mf, ts, r, "
@@ -73,8 +111,9 @@ def add_knn_arguments(p) -> None:
 
 def add_matrix_arguments(p) -> None:
     p.add_argument("--matrix-adapter", default=None, help="a trained memory-matrix adapter")
-    p.add_argument("--matrix-layer", type=int, default=None)
-    p.add_argument("--matrix-rows", type=int, default=None, help="memory tokens read")
+    p.add_argument("--matrix-layer", type=int_in(0), default=None)
+    p.add_argument("--matrix-rows", type=int_in(1, 1024), default=None,
+                   help="memory tokens read")
 
 
 def matrix_tokens_for(lm, past_ids, args):
@@ -114,7 +153,9 @@ def parse_inject(text: str) -> dict:
     return out
 
 
-def settings_from_args(args, base=None):
+def settings_from_args(args, base=None, depth: int = 0):
+    """KNNSettings from the --knn-* flags; with ``depth`` (the model's layers) the
+    layers are checked against the model."""
     from .memory.knn import KNNSettings
 
     s = base or KNNSettings()
@@ -134,7 +175,12 @@ def settings_from_args(args, base=None):
     layers = getattr(args, "knn_layers", None)
     if layers:
         from .memory.knn_project import parse_layers
-        kw["layers"] = tuple(parse_layers(layers))
+        try:
+            kw["layers"] = tuple(parse_layers(layers, depth))
+        except ValueError as e:
+            raise ValueError(f"--knn-layers: {e}.") from None
+        if not kw["layers"]:
+            raise ValueError("--knn-layers names no layer.")
     return s.with_(**kw)
 
 
@@ -211,17 +257,31 @@ def score_tokens(lm, past_ids, ids, window: int, store=None, settings=None,
 
 
 def run(args) -> int:
-    from .memory.knn import ensure_store
+    from .importing import decode_text, read_bytes
+    from .memory.knn import ensure_store, model_shape
     from .models import load
 
     t0 = time.perf_counter()
-    text = Path(args.text_file).read_text(encoding="utf-8")
+    if args.window < 1 or (args.block is not None and args.block < 1):
+        raise ValueError("--window and --block must be 1 or more tokens.")
+    path = Path(args.text_file)
+    text, _ = decode_text(read_bytes(path), path.name)
+    if not text.strip():
+        raise ValueError(f"{path.name} holds no text to score.")
+    manuscript = read_manuscript(args.project)
     lm = load(getattr(args, "model", None))
+    depth = model_shape(lm)[0]
+    settings = settings_from_args(args, depth=depth)  # bad layers: refused before any work
+    if args.memory in ("matrix", "all") and getattr(args, "matrix_layer", None) is not None \
+            and not 0 <= args.matrix_layer < depth:
+        raise ValueError(f"--matrix-layer must lie in 0..{depth - 1} for this model.")
     progress = not getattr(args, "no_progress", False) and not args.json
     enc = lm.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(enc.input_ids), [list(map(int, o)) for o in enc.offset_mapping]
-    past = context.encode(lm.tokenizer, read_manuscript(args.project))
-    settings = settings_from_args(args)
+    past = context.encode(lm.tokenizer, manuscript)
+    if not ids or (not past and len(ids) < 2):
+        raise ValueError(f"{path.name} is too short to score: with an empty novel the "
+                         "first token has nothing before it; give at least two tokens.")
     store = None
     if args.memory in ("knn", "all") and past:
         store = ensure_store(args.project, lm, past, settings, progress=progress)

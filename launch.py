@@ -8,8 +8,11 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+ASSETS = Path(__file__).resolve().parent / "assets"
+HEAD_SCRIPTS = ("editor.js",)  # the editor follows new text; Ctrl+Enter / Esc
 # Gradio's temporary files (uploads, downloads): checked every FREQUENCY seconds, and
 # deleted once older than AGE (all of them when the server stops).
 CACHE_FREQUENCY_S, CACHE_AGE_S = 900, 3600
@@ -99,6 +102,16 @@ class LoginThrottle:
             return False
 
 
+def head() -> str:
+    """HTML for the page head: the app's scripts, inline."""
+    parts = []
+    for name in HEAD_SCRIPTS:
+        path = ASSETS / name
+        if path.is_file():
+            parts.append(f"<script>\n{path.read_text(encoding='utf-8')}\n</script>")
+    return "\n".join(parts)
+
+
 def launch_options(args) -> dict:
     """Everything launch.py passes to Gradio's launch() besides the app itself."""
     from app.ui import css
@@ -106,7 +119,7 @@ def launch_options(args) -> dict:
 
     auth = LoginThrottle(*args.auth.split(":", 1)).check if args.auth else None
     return dict(server_name=args.host, server_port=args.port, auth=auth, css=css(),
-                inbrowser=bool(os.environ.get("DISPLAY")), show_error=True,
+                head=head(), inbrowser=bool(os.environ.get("DISPLAY")), show_error=True,
                 footer_links=[],
                 # An upload bigger than an import accepts is refused by the server
                 # before it is written anywhere.

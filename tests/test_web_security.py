@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -40,11 +41,12 @@ def test_good_auth_is_accepted_on_and_off_loopback():
         launch.parse_args(["--host", "0.0.0.0"])
 
 
-def test_launch_options_cap_uploads():
+def test_launch_options_cap_uploads_and_load_the_page_script():
     from engine.importing import MAX_IMPORT_BYTES
 
     opts = launch.launch_options(launch.parse_args(["--auth", f"{USER}:{PASSWORD}"]))
     assert opts["max_file_size"] == MAX_IMPORT_BYTES
+    assert "<script>" in opts["head"] and "#editor textarea" in opts["head"]
     # Gradio awaits auth only if it is a coroutine function; called unawaited, its
     # coroutine would be truthy and let every password in.
     assert inspect.iscoroutinefunction(opts["auth"])
@@ -64,6 +66,13 @@ class FakeTime:
         self.now += s
 
 
+def run(coro):
+    """asyncio.run in a thread of its own: Playwright's sync API (the browser tests in
+    the same session) leaves an event loop running in the main thread."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 @pytest.fixture
 def fake(monkeypatch):
     t = FakeTime()
@@ -74,7 +83,6 @@ def fake(monkeypatch):
 def test_each_failure_doubles_the_wait_then_locks(fake):
     th = launch.LoginThrottle(USER, PASSWORD, base_s=0.5, max_delay_s=4, lock_after=6,
                               lockout_s=60, clock=fake.clock)
-    run = asyncio.run
     assert [run(th.check(USER, "guess")) for _ in range(6)] == [False] * 6
     assert fake.slept == [0.0, 0.5, 1.0, 2.0, 4.0, 4.0]
     # Locked: even the right password is refused, at once.
@@ -96,12 +104,12 @@ def test_parallel_guesses_wait_in_line_and_other_names_do_not_lock_the_user(fake
     async def burst():
         return await asyncio.gather(*[th.check(USER, f"guess {i}") for i in range(5)])
 
-    assert asyncio.run(burst()) == [False] * 5
+    assert run(burst()) == [False] * 5
     assert sorted(fake.slept) == [0, 1, 2, 4, 8]  # as slow as five in a row
     fake.slept.clear()
     for i in range(60):  # guessing names: their own counter, locked on its own
-        asyncio.run(th.check(f"name{i}", PASSWORD))
-    assert asyncio.run(th.check(USER, PASSWORD)) is True
+        run(th.check(f"name{i}", PASSWORD))
+    assert run(th.check(USER, PASSWORD)) is True
 
 
 # -- against a running server ----------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from app import knn_panel, matrix_panel, thoughts_panel
+from app import knn_panel, matrix_panel, memory_panel, thoughts_panel
 from app.messages import USER_ERRORS, err, ok
 from engine.novel import Library, NovelError
 from engine.writer import Sampling
@@ -116,7 +116,7 @@ def build(lib: Library) -> gr.Blocks:
                 with gr.Accordion("Context receipt", open=False,
                                   elem_id="receipt-panel") as receipt_acc:
                     receipt_md = gr.Markdown("No Continue yet.", elem_id="receipt")
-                mem = _memory_panel()
+                mem = memory_panel.panel()
                 knn = knn_panel.panel()
                 matrix = matrix_panel.panel()
         timer = gr.Timer(2.0)
@@ -361,140 +361,12 @@ def build(lib: Library) -> gr.Blocks:
         # re-firing .change (a thousand panel refreshes in 100 s) and their progress
         # overlays hid every status message.
         opened = [loaded, picked_novel, created]
-        _wire_memory(lib, mem, novel_dd, chapter_radio, editor, receipt_md, receipt_acc, opened)
+        memory_panel.wire(lib, mem, novel_dd, chapter_radio, editor, receipt_md, receipt_acc, opened)
         knn_panel.wire(lib, knn, novel_dd, opened)
         matrix_panel.wire(lib, matrix, novel_dd, opened)
         thoughts_panel.wire(lib, notes, novel_dd, chapter_radio,
                             [continued, retried, picked_chapter, *opened])
     return demo
-
-
-# -- the memory panel ------------------------------------------------------------------
-def _memory_panel() -> dict:
-    """Layout of the Memories accordion; returns its components by name."""
-    m = {}
-    with gr.Accordion("Memories", open=False, elem_id="memories"):
-        with gr.Row():
-            m["query"] = gr.Textbox(label="Search memories", scale=3, elem_id="memory-search",
-                                    placeholder="a word, a name, or what it was about")
-            m["search"] = gr.Button("Search", size="sm", scale=1, elem_id="memory-search-btn")
-        m["list"] = gr.Radio(label="Memories (📌 pinned)", choices=[], elem_id="memory-list")
-        m["text"] = gr.Textbox(label="Selected memory", lines=2, elem_id="memory-text")
-        with gr.Row():
-            m["pin"] = gr.Button("Pin", size="sm", elem_id="memory-pin")
-            m["unpin"] = gr.Button("Unpin", size="sm", elem_id="memory-unpin")
-            m["save"] = gr.Button("Save edit", size="sm", elem_id="memory-save")
-            m["delete"] = gr.Button("Delete", size="sm", variant="stop", elem_id="memory-delete")
-        m["new"] = gr.Textbox(label="New fact", lines=2, elem_id="memory-new",
-                              placeholder="Elena's eyes are grey; she never learned to swim.")
-        with gr.Row():
-            m["new_pin"] = gr.Checkbox(label="Pin it", value=True, elem_id="memory-new-pin")
-            m["add"] = gr.Button("Add fact", size="sm", elem_id="memory-add")
-        m["pin_sel"] = gr.Button("Pin the text selected in the chapter", size="sm",
-                                 elem_id="pin-selection")
-        m["preview"] = gr.Button("Preview context", size="sm", elem_id="preview-context")
-        m["status"] = gr.Markdown("", elem_id="memory-status")
-        m["selection"] = gr.State("")
-    return m
-
-
-def _memory_choices(novel, query: str = "") -> list[tuple[str, str]]:
-    out = []
-    for r in novel.memories(query or None):
-        score = f" ({r['score']:.2f})" if r["score"] is not None else ""
-        where = f"#{r['id']}" if r["id"] is not None else r["key"]
-        text = r["text"].replace("\n", " ")
-        out.append((f"{'📌 ' if r['pinned'] else ''}{where} {r['kind']}{score}: "
-                    f"{text[:90]}{'…' if len(text) > 90 else ''}", r["key"]))
-    return out
-
-
-def _wire_memory(lib, m, novel_dd, chapter_radio, editor, receipt_md, receipt_acc,
-                 opened: list) -> None:
-    """Events of the memory panel: each one is a Novel call and a refreshed list;
-    ``opened``: the events that open a novel."""
-
-    def listing(name, query, key=None, msg=""):
-        if not name:
-            return gr.Radio(choices=[], value=None), "", msg
-        novel = lib.open(name)
-        choices = _memory_choices(novel, query)
-        key = key if key in [c[1] for c in choices] else None
-        if not key:
-            text = ""
-        elif key.startswith("memory:"):
-            text = novel.memory(key)["text"]
-        else:
-            text = novel.semantic.text_of(key) or ""
-        return gr.Radio(choices=choices, value=key), text, msg
-
-    outs = [m["list"], m["text"], m["status"]]
-
-    def action(fn, message):
-        def handler(name, query, key, text, *extra):
-            try:
-                if not name:
-                    raise NovelError("Open a novel first.")
-                novel = lib.open(name)
-                key = fn(novel, key, text, *extra) or key
-                return listing(name, query, key, ok(message))
-            except USER_ERRORS as e:
-                return gr.update(), gr.update(), err(e)
-        return handler
-
-    def need(key):
-        if not key:
-            raise NovelError("Pick a memory in the list first.")
-        return key
-
-    def add(novel, key, text, new, pin):
-        return f"memory:{novel.add_memory(new, pin=bool(pin))}"
-
-    base = [novel_dd, m["query"], m["list"], m["text"]]
-    m["pin"].click(action(lambda n, k, t: f"memory:{n.pin(need(k))}", "Pinned: it will "
-                          "always be in the context."), base, outs)
-    m["unpin"].click(action(lambda n, k, t: f"memory:{n.unpin(need(k))}", "Unpinned."),
-                     base, outs)
-    m["save"].click(action(lambda n, k, t: n.edit_memory(need(k), t), "Memory saved."),
-                    base, outs)
-    m["delete"].click(action(lambda n, k, t: n.delete_memory(need(k)) or "", "Memory deleted."),
-                      base, outs)
-    m["add"].click(action(add, "Fact added."), base + [m["new"], m["new_pin"]], outs).then(
-        lambda st: "" if "ok" in (st or "") else gr.update(), m["status"], m["new"])
-    m["pin_sel"].click(action(lambda n, k, t, cid, sel: f"memory:{n.pin_sentence(sel, cid)}",
-                              "Selected text pinned."),
-                       base + [chapter_radio, m["selection"]], outs)
-
-    def on_select(evt: gr.SelectData):
-        return evt.value if isinstance(evt.value, str) else ""
-
-    editor.select(on_select, None, m["selection"])
-
-    def refresh(name, query):
-        try:
-            return listing(name, query)
-        except USER_ERRORS as e:
-            return gr.update(), gr.update(), err(e)
-
-    for ev in opened:
-        ev.then(refresh, [novel_dd, m["query"]], outs)
-    m["search"].click(refresh, [novel_dd, m["query"]], outs)
-    m["query"].submit(refresh, [novel_dd, m["query"]], outs)
-    m["list"].input(lambda name, q, key: listing(name, q, key), [novel_dd, m["query"], m["list"]],
-                    outs)
-
-    def preview(name, cid):
-        try:
-            if not name or cid is None:
-                raise NovelError("Open a novel and pick a chapter first.")
-            receipt = lib.open(name).preview_context(cid)
-            return _receipt(receipt), gr.Accordion(open=True), ok("The next Continue reads "
-                                                                   "this context.")
-        except USER_ERRORS as e:
-            return gr.update(), gr.update(), err(e)
-
-    m["preview"].click(preview, [novel_dd, chapter_radio], [receipt_md, receipt_acc,
-                                                            m["status"]])
 
 
 def _receipt(receipt: dict | None) -> str:

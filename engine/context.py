@@ -9,6 +9,7 @@ what the model reads.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -41,12 +42,44 @@ class Receipt:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    QUOTE_CHARS = 60
+    _WRAPPED = re.compile(r"\[(?:Remember|Earlier|Note): (.*)\]\s*", re.S)
+    _MARKUP = re.compile(r"([\\`*_\[\]<>#|~])")
+
+    @classmethod
+    def quote(cls, text: str, limit: int | None = None) -> str:
+        """The start of a memory's text as the writer reads it: “Elena's eyes are…”
+        (without the prompt's [Remember: …] wrapping, cut at a word)."""
+        limit = limit or cls.QUOTE_CHARS
+        text = text or ""
+        if m := cls._WRAPPED.fullmatch(text):
+            text = m.group(1)
+        text = " ".join(text.split())
+        if len(text) > limit:
+            text = text[:limit].rsplit(" ", 1)[0].rstrip(",;:.!? ") + "…"
+        return f"“{text}”"
+
+    def _line(self, b: dict, dropped: bool = False) -> str:
+        """What one block is, in the writer's words: 'pinned: “Elena's eyes…”',
+        'recalled from Chapter 3 “The Storm”: “She opened…”', 'Story bible'."""
+        kind, label = b["kind"], b.get("label") or ""
+        quote = self.quote(b["text"]) if b.get("text") else ""
+        if kind == "pinned":  # a dropped block has no text; a pin's label is its quote
+            head, rest = "pinned", f": {quote or label}"
+        elif kind in ("recalled", "associated", "thought"):
+            head = "margin note" if kind == "thought" else kind
+            rest = (f" from {label}" if label else "") + (f": {quote}" if quote else "")
+        else:  # bible, tail: their labels say what they are
+            head, rest = label or kind, ""
+        head, rest = (self._MARKUP.sub(r"\\\1", x) for x in (head, rest))
+        return f"~~{head}{rest}~~" if dropped else f"**{head}**{rest}"
+
     def markdown(self) -> str:
         lines = [f"**Context:** {self.total_tokens} of {self.budget} tokens"]
         for b in self.blocks:
-            lines.append(f"- `{b['kind']}` {b['label']} · {b['tokens']} tok · {b['why']}")
+            lines.append(f"- {self._line(b)} · {b['tokens']} tok · {b['why']}")
         for d in self.dropped:
-            lines.append(f"- ~~{d['kind']} {d['label']}~~ · {d['tokens']} tok · dropped: "
+            lines.append(f"- {self._line(d, dropped=True)} · {d['tokens']} tok · dropped: "
                          f"{d['reason']}")
         if self.inside:  # not prompt tokens: what the attention layers also read
             # blank lines: a heading right after a list item renders inside that item

@@ -337,14 +337,14 @@ class Novel:
         ch = self.store.chapter(chapter_id)
         budget = budget or min(DEFAULT_BUDGET, lm.context_length // 2)
         pinned = self.store.query("SELECT id, text FROM memories WHERE pinned=1 ORDER BY id")
-        pins = [(f"memory {m['id']}", m["text"]) for m in pinned]
+        pins = [(context.Receipt.quote(m["text"]), m["text"]) for m in pinned]
         tail = ch["text"] if base_text is None else base_text
         tail = self.thoughts.inline_tail(chapter_id, tail)  # recent thoughts stay inline
         recalled, warnings = self._recall(tail, budget, {f"memory:{m['id']}" for m in pinned},
                                           lm.tokenizer)
         ids, receipt = context.build(lm.tokenizer, budget, self.bible, tail,
                                      chapter_heading=ch["title"], pins=pins,
-                                     recalled=[h.to_context() for h in recalled])
+                                     recalled=[h.to_context(self.store) for h in recalled])
         receipt.warnings += warnings
         return ids, receipt.to_dict()
 

@@ -1,7 +1,8 @@
-"""The page as a novelist sees it on a laptop screen, in headless Chromium: the actions
+"""The page as a novelist sees it: on a laptop screen (headless Chromium) the actions
 stay in reach with a long chapter, the right-hand column stays beside the editor from
 1024 px wide, the editor follows the text the model writes, and Ctrl+Enter / Esc
-continue and stop."""
+continue and stop; and what the panels say is in the writer's words (the receipt
+names chapters and quotes memories, the memory list is grouped by kind)."""
 from __future__ import annotations
 
 import re
@@ -9,7 +10,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from ui_helpers import editor, set_max_tokens, start_chapter, status
+from ui_helpers import continue_and_wait, editor, set_max_tokens, start_chapter, status
 
 LONG = ("The keeper climbed the stairs of the lighthouse, counting each step as his "
         "father had counted them, and at the top he wound the clock of the lamp. ") * 22
@@ -128,3 +129,86 @@ def test_escape_when_nothing_is_written_does_nothing(app_server, page):
     page.keyboard.press("Escape")
     page.wait_for_timeout(1000)
     expect(status(page)).not_to_contain_text("Stopping")
+
+
+# -- what the writer reads ----------------------------------------------------------------
+FACT = "Elena's eyes are grey as slate, and she never learned to swim."
+FILLER = ("The market was loud with traders selling copper pots and bolts of cloth. "
+          "Carts rattled over the cobbles while the bell of the town hall rang noon. ")
+INTERNAL = re.compile(r"(?:memory|passage|thought) ?\d|§|passage:|thought:|memory:")
+
+
+def _plain(markdown: str) -> str:
+    return markdown.replace("**", "").replace("\\", "")
+
+
+def test_receipt_names_the_chapter_and_quotes_the_text(novel):
+    from engine.context import Receipt
+
+    novel.store.add_chapter("The Storm", FILLER * 3 + FACT + " " + FILLER * 3, action="import")
+    cid = novel.add_chapter("The crossing", "")
+    novel.save_text(cid, FILLER * 2 + "At the shore Elena hesitated; she had never learned "
+                    "to swim and the water frightened her.")
+    novel.add_memory("Elena's eyes are grey; she keeps a stone from the lake.", pin=True)
+    a = novel.add_memory("Elena keeps a slate-grey stone from the swimming lesson she fled.")
+    b = novel.add_memory("The stone came from her brother Tomas.")
+    novel.link(a, b)
+    novel.set_recall_settings(k=2)  # two similar hits; the link brings one in as tier 1
+    _, receipt = novel.build_context(cid, budget=1500)
+    md = _plain(Receipt(**receipt).markdown())
+    assert "pinned: “Elena's eyes are grey; she keeps a stone from the lake.”" in md, md
+    assert "recalled from Chapter 1 “The Storm”: “" in md, md
+    assert "associated from your memories: “" in md, md
+    assert "associated with your memory “" in md, md
+    assert not INTERNAL.search(md), md
+    # The keys stay in the receipt's data, for the tools that read it.
+    assert any(bl.get("key", "").startswith("passage:") for bl in receipt["blocks"])
+
+
+def test_quotes_are_cut_at_a_word_and_keep_markup_out():
+    from engine.context import Receipt
+
+    assert Receipt.quote("[Remember: Short fact.]\n") == "“Short fact.”"
+    long = Receipt.quote("word " * 40)
+    assert long.endswith("…”") and len(long) <= Receipt.QUOTE_CHARS + 3
+    r = Receipt(budget=10, blocks=[{"kind": "pinned", "label": "x", "why": "pinned",
+                                    "tokens": 3, "text": "[Remember: a *bold* <b>claim</b>]"}])
+    assert "*bold*" not in r.markdown() and "<b>" not in r.markdown()
+
+
+def test_memory_list_groups_facts_passages_and_notes(novel):
+    from app.memory_panel import choices
+
+    novel.store.add_chapter("The Storm", FILLER + FACT, action="import")
+    cid = novel.chapter_id(1)
+    novel.thoughts.add(cid, 10, "Elena is afraid of the water; the lake comes back later.")
+    novel.add_memory("Elena never learned to swim.", pin=True)
+    novel.add_memory("Tomas, her brother, swims like a seal.")
+    got = choices(novel, "swim")
+    labels = [label for label, _ in got]
+    kinds = [re.match(r"(?:📌 )?(Fact|Passage|Note)\b", x).group(1) for x in labels]
+    assert kinds == sorted(kinds, key=["Fact", "Passage", "Note"].index), labels
+    assert {"Fact", "Passage", "Note"} <= set(kinds), labels
+    assert labels[0] == "📌 Fact: Elena never learned to swim."
+    assert any(x.startswith("Passage in Chapter 1 “The Storm”: ") for x in labels), labels
+    assert any(x.startswith("Note in Chapter 1 “The Storm”: Elena is afraid") for x in labels)
+    assert not any(INTERNAL.search(x) for x in labels), labels
+    # The values are still the keys the panel acts on.
+    assert {k.split(":")[0] for _, k in got} == {"memory", "passage", "thought"}
+
+
+def test_memory_search_in_the_page_names_kinds_not_keys(app_server, page):
+    url, _ = app_server
+    start_chapter(page, url, "Search Book")
+    continue_and_wait(page, tokens=24)  # the model's passage is something to find
+    page.locator("#memories").get_by_text("Memories", exact=True).first.click()
+    page.locator("#memory-new textarea").fill(FACT)
+    page.locator("#memory-add").click()
+    expect(page.locator("#memory-status")).to_contain_text("Fact added")
+    page.locator("#memory-search textarea, #memory-search input").first.fill("keeper")
+    page.locator("#memory-search-btn").click()
+    items = page.locator("#memory-list label")
+    expect(items.first).to_contain_text("📌 Fact: " + FACT)
+    expect(page.locator("#memory-list")).to_contain_text("Passage in Chapter 1: ")
+    for label in items.all_inner_texts():
+        assert re.match(r"(📌 )?(Fact|Passage|Note)( in Chapter 1)?: ", label.strip()), label

@@ -89,7 +89,8 @@ def test_receipt_lists_exactly_the_prompt_ids(novel):
         pos += bl["tokens"]
     assert pos == len(ids) == receipt["total_tokens"] <= 1000
     assert any(d["kind"] == "tail" for d in receipt["dropped"])  # the tail was cut
-    assert f"memory {pin}" in [bl["label"] for bl in receipt["blocks"]]
+    # A pin is labelled by the start of its text, as the writer wrote it.
+    assert "“The lighthouse lamp is green.”" in [bl["label"] for bl in receipt["blocks"]]
     assoc = [bl for bl in receipt["blocks"] if bl["kind"] == "associated"]
     pair = {f"memory:{a}", f"memory:{b}"}
     assert any(bl["key"] in pair and bl["via"] in pair - {bl["key"]} and bl["tier"] == 1
@@ -108,7 +109,7 @@ def test_overflow_drops_lowest_priority_never_pins(novel):
                      for p in pins)
     ids, receipt = novel.build_context(cid, budget=pin_tokens + 120)
     labels = [bl["label"] for bl in receipt["blocks"]]
-    assert all(f"memory {p}" in labels for p in pins)
+    assert all(f"“{novel.memory(p)['text']}”" in labels for p in pins)
     assert not [d for d in receipt["dropped"] if d["kind"] == "pinned"]
     assert any(d["kind"] in ("recalled", "associated", "tail", "bible")
                for d in receipt["dropped"])

@@ -261,8 +261,34 @@ class Hit:
         how = "writer's link" if self.link == "link" else f"co-occurrence {self.weight:g}"
         return f"tier {self.tier}: associated with {label(self.via)} ({how}; {self.score:.2f})"
 
-    def to_context(self) -> dict:
-        return {"label": label(self.key), "text": self.text, "why": self.why,
+    def to_context(self, store=None) -> dict:
+        """The hit as a context block. With the novel's ``store`` its label (and the item
+        it is associated with) says where in the book it is, 'Chapter 3 “The Storm”',
+        instead of its key ('passage 4 §3'); the key stays in 'key'."""
+        def where(k: str, quoted: bool) -> str:
+            kind, src, _ = parse_key(k)
+            if kind == "memory":
+                if not quoted:
+                    return "your memories"
+                rows = store.query("SELECT text FROM memories WHERE id=?", (src,))
+                text = " ".join((rows[0]["text"] if rows else "").split())
+                return f"your memory “{text[:40]}{'…' if len(text) > 40 else ''}”"
+            rows = store.query(f"SELECT c.position, c.title FROM "
+                               f"{'passages' if kind == 'passage' else 'thoughts'} x "
+                               "JOIN chapters c ON c.id = x.chapter_id WHERE x.id=?", (src,))
+            if not rows:
+                return label(k)
+            pos, title = rows[0]["position"], (rows[0]["title"] or "").strip()
+            name = (title if title.lower() == f"chapter {pos}" else
+                    f"Chapter {pos} “{title}”" if title else f"Chapter {pos}")
+            return name if kind == "passage" else f"a margin note in {name}"
+
+        name, why = label(self.key), self.why
+        if store is not None:
+            name = where(self.key, quoted=False)
+            if self.via:
+                why = why.replace(label(self.via), where(self.via, quoted=True), 1)
+        return {"label": name, "text": self.text, "why": why,
                 "score": round(self.score, 4), "kind": self.kind, "key": self.key,
                 "tier": self.tier, "via": self.via}
 

@@ -10,11 +10,36 @@ import gradio as gr
 
 from app import knn_panel, matrix_panel, memory_panel, thoughts_panel
 from app.messages import USER_ERRORS, err, ok
-from engine.novel import Library, NovelError
+from engine.novel import Library, NovelError, StaleText
 from engine.writer import Sampling
 
 CSS_PATH = Path(__file__).resolve().parent.parent / "assets" / "style.css"
 RANDOM_SEED = -1
+SAMPLING_DEFAULTS = {"temperature": 0.8, "top_p": 0.95, "max_tokens": 120}
+# Every change to the editor (typing, paste, cut, drop, IME) is saved by the hidden
+# "autosave" button, at most ~0.8 s after the last change and at once when the editor
+# loses focus: Gradio's own input event misses a mouse or Ctrl+V paste.
+AUTOSAVE_JS = """
+() => {
+  if (window.__mnemosyneAutosave) return;
+  window.__mnemosyneAutosave = true;
+  let timer = null;
+  const fire = () => {
+    timer = null;
+    const button = document.querySelector('#autosave');
+    if (button) button.click();
+  };
+  const inEditor = (e) => e.target && e.target.closest && e.target.closest('#editor');
+  document.addEventListener('input', (e) => {
+    if (!inEditor(e)) return;
+    clearTimeout(timer);
+    timer = setTimeout(fire, 800);
+  }, true);
+  document.addEventListener('focusout', (e) => {
+    if (inEditor(e) && timer !== null) { clearTimeout(timer); fire(); }
+  }, true);
+}
+"""
 
 
 def _last_path(lib: Library) -> Path:
@@ -35,9 +60,45 @@ def _recall(lib: Library) -> dict:
         return {}
 
 
+def _novel_choices(lib: Library) -> list[tuple[str, str]]:
+    """(title, folder name) for the novel picker: the writer knows their books by title."""
+    out = []
+    for name in lib.names():
+        try:
+            title = lib.open(name).bible["title"] or name
+        except USER_ERRORS:
+            title = f"{name} (cannot be opened)"
+        out.append((title if title == name else f"{title} ({name})", name))
+    return out
+
+
 def _chapter_choices(novel) -> list[tuple[str, int]]:
     return [(f"{c['position']}. {c['title']} ({c['words']:,} words)", c["id"])
             for c in novel.chapters()]
+
+
+def seen(novel, cid) -> dict:
+    """What a tab last saw of a chapter: its saves are conditional on it (StaleText)."""
+    return {"rev": novel.head(cid), "text": novel.text(cid)}
+
+
+def _as_shown(text: str) -> str:
+    """Text as a textarea gives it back (it turns every line break into \\n)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _save(novel, cid, text, base: dict | None) -> None:
+    base = base or {}
+    novel.save_text(cid, text, base_rev=base.get("rev"), base_text=base.get("text"))
+
+
+def _version_label(v: dict) -> str:
+    """One alternative passage as the versions list names it."""
+    who = {"retry": "retried", "continue": "model", "prompt": "your words"}.get(
+        v["action"], v["author"])
+    preview = " ".join(v["preview"].split())
+    preview = f"“{preview[:70]}{'…' if len(preview) > 70 else ''}”" if preview else "(empty)"
+    return f"{'▸ ' if v['current'] else ''}{who}: {preview}"
 
 
 def build(lib: Library) -> gr.Blocks:
@@ -47,9 +108,9 @@ def build(lib: Library) -> gr.Blocks:
             model_status = gr.Markdown(lib.model.status(), elem_id="model-status")
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
-                novel_dd = gr.Dropdown(label="Novel", choices=lib.names(), value=None,
+                novel_dd = gr.Dropdown(label="Novel", choices=_novel_choices(lib), value=None,
                                        elem_id="novel-select", interactive=True)
-                with gr.Accordion("New novel", open=not lib.names(),
+                with gr.Accordion("New novel", open=False,
                                   elem_id="new-novel") as new_novel_box:
                     new_title = gr.Textbox(label="Title", elem_id="new-title")
                     new_premise = gr.Textbox(label="Premise", lines=3, elem_id="new-premise")
@@ -68,9 +129,13 @@ def build(lib: Library) -> gr.Blocks:
                                         elem_id="delete-chapter")
                 with gr.Row(visible=False, elem_id="confirm-delete") as confirm_row:
                     confirm_md = gr.Markdown()
-                    yes_del = gr.Button("Delete for good", variant="stop", size="sm",
+                    yes_del = gr.Button("Move to trash", variant="stop", size="sm",
                                         elem_id="confirm-delete-yes")
                     no_del = gr.Button("Keep it", size="sm", elem_id="confirm-delete-no")
+                with gr.Accordion("Deleted chapters", open=False, elem_id="trash"):
+                    trash_dd = gr.Dropdown(label="In the trash", choices=[],
+                                           elem_id="trash-list")
+                    restore_btn = gr.Button("Restore", size="sm", elem_id="trash-restore")
                 with gr.Row():
                     chapter_title = gr.Textbox(label="Chapter title", scale=3,
                                                elem_id="chapter-title")
@@ -89,6 +154,7 @@ def build(lib: Library) -> gr.Blocks:
                 editor = gr.Textbox(label="Chapter", lines=24, max_lines=60, elem_id="editor",
                                     placeholder="Open or create a novel, then type an opening "
                                                 "and press Continue.", autoscroll=True)
+                autosave_btn = gr.Button("Save", visible="hidden", elem_id="autosave")
                 with gr.Row(elem_id="actions"):
                     continue_btn = gr.Button("Continue ▸", variant="primary",
                                              elem_id="continue")
@@ -96,6 +162,8 @@ def build(lib: Library) -> gr.Blocks:
                     retry_btn = gr.Button("Retry ↻", elem_id="retry")
                     undo_btn = gr.Button("Undo", elem_id="undo")
                     redo_btn = gr.Button("Redo", elem_id="redo")
+                versions_dd = gr.Dropdown(label="Other versions of the last passage",
+                                          choices=[], visible=False, elem_id="versions")
                 status = gr.Markdown("", elem_id="status")
                 notes = thoughts_panel.layout()
             with gr.Column(scale=1, min_width=260):
@@ -120,24 +188,42 @@ def build(lib: Library) -> gr.Blocks:
                 knn = knn_panel.panel()
                 matrix = matrix_panel.panel()
         timer = gr.Timer(2.0)
+        head = gr.State(None)            # seen(): what this tab last showed (stale saves)
+        pending_delete = gr.State(None)  # the chapter the delete question names
+        # "ready" once the page load has filled the page in (the browser tests wait on it).
+        page_ready = gr.Markdown("", visible="hidden", elem_id="page-ready")
 
         # -- helpers: compose updates -------------------------------------------
+        view_outputs = [chapter_radio, editor, chapter_title, head, versions_dd]
+
+        def versions_view(novel, cid):
+            """The alternatives to the passage shown (a Retry keeps the one it replaced)."""
+            versions = novel.versions(cid) if cid is not None else []
+            if len(versions) < 2:
+                return gr.Dropdown(choices=[], value=None, visible=False)
+            choices = [(f"{i}. {_version_label(v)}", v["id"]) for i, v in enumerate(versions, 1)]
+            current = next((v["id"] for v in versions if v["current"]), None)
+            return gr.Dropdown(choices=choices, value=current, visible=True,
+                               label=f"Other versions of the last passage ({len(versions)})")
+
         def chapter_view(name, cid):
-            """(chapter radio, editor, title) for a novel and a chapter id."""
+            """(chapter list, editor, title, head revision, versions) for a chapter id."""
             if not name:
-                return gr.Radio(choices=[], value=None), gr.Textbox(value="", label="Chapter"), ""
+                return (gr.Radio(choices=[], value=None), gr.Textbox(value="", label="Chapter"),
+                        "", None, gr.Dropdown(choices=[], value=None, visible=False))
             novel = lib.open(name)
-            choices = _chapter_choices(novel)
-            ids = [c[1] for c in choices]
+            chapters = novel.chapters()
+            ids = [c["id"] for c in chapters]
             cid = cid if cid in ids else (ids[-1] if ids else None)
             if cid is None:
                 return (gr.Radio(choices=[], value=None),
-                        gr.Textbox(value="", label="Chapter (add one to start)"), "")
-            ch = novel.store.chapter(cid)
+                        gr.Textbox(value="", label="Chapter (add one to start)"), "", None,
+                        gr.Dropdown(choices=[], value=None, visible=False))
+            title = next(c["title"] for c in chapters if c["id"] == cid)
             _remember(lib, name, cid)
-            return (gr.Radio(choices=choices, value=cid),
-                    gr.Textbox(value=ch["text"] or "", label=ch["title"],
-                               interactive=not novel.busy), ch["title"])
+            return (gr.Radio(choices=_chapter_choices(novel), value=cid),
+                    gr.Textbox(value=novel.text(cid), label=title, interactive=not novel.busy),
+                    title, seen(novel, cid), versions_view(novel, cid))
 
         def bible_view(name):
             if not name:
@@ -145,92 +231,125 @@ def build(lib: Library) -> gr.Blocks:
             b = lib.open(name).bible
             return b["title"], b["premise"], b["style"]
 
+        def trash_view(name):
+            items = lib.open(name).trash() if name else []
+            return gr.Dropdown(choices=[(f"{t['title']} ({t['words']:,} words)", t["id"])
+                                        for t in items], value=None,
+                               label=f"In the trash ({len(items)})")
+
+        def sampling_view(name):
+            prefs = {**SAMPLING_DEFAULTS, **(lib.open(name).writing_settings() if name else {})}
+            return prefs["temperature"], prefs["top_p"], prefs["max_tokens"]
+
+        def page_view(name, cid=None, msg=""):
+            """Everything the page shows for a novel (see page_outputs)."""
+            return (gr.Dropdown(choices=_novel_choices(lib), value=name),
+                    *chapter_view(name, cid), *bible_view(name), msg,
+                    gr.Accordion(open=not lib.names()), trash_view(name), *sampling_view(name))
+
         def sampling(t, p, n, s):
             s = int(s) if s is not None else RANDOM_SEED
             return Sampling(temperature=t, top_p=p, max_new_tokens=int(n),
                             seed=None if s < 0 else s)
 
+        def flush(novel, cid, text, base):
+            """Save what the editor shows before an action reads the chapter: the last
+            keystrokes may still be waiting for the autosave."""
+            if text is not None and not novel.busy and _as_shown(text) != _as_shown(
+                    novel.text(cid)):
+                _save(novel, cid, text, base)
+
         # -- events: novels --------------------------------------------------------
+        page_outputs = [novel_dd, *view_outputs, bible_title, bible_premise, bible_style,
+                        status, new_novel_box, trash_dd, temperature, top_p, max_tokens]
+
         def on_load():
             last = _recall(lib)
             names = lib.names()
             name = last.get("novel") if last.get("novel") in names else (
                 names[0] if names else None)
             try:
-                view = chapter_view(name, last.get("chapter"))
+                busy = bool(name) and lib.open(name).busy
+                msg = "The model is still writing here; the text follows as it comes." if busy else ""
+                return page_view(name, last.get("chapter"), msg)
             except USER_ERRORS as e:
-                return (gr.Dropdown(choices=names, value=None), *chapter_view(None, None),
-                        "", "", "", err(e))
-            busy = name and lib.open(name).busy
-            msg = "The model is still writing here; press Stop to halt it." if busy else ""
-            return (gr.Dropdown(choices=names, value=name), *view, *bible_view(name), msg)
+                return page_view(None, None, err(e))
 
-        page_outputs = [novel_dd, chapter_radio, editor, chapter_title, bible_title,
-                        bible_premise, bible_style, status]
         loaded = demo.load(on_load, outputs=page_outputs)
+        demo.load(None, js=AUTOSAVE_JS)
 
         def on_pick_novel(name):
             try:
-                return (*chapter_view(name, None), *bible_view(name), "")
+                return page_view(name)[1:]
             except USER_ERRORS as e:
-                return (*chapter_view(None, None), "", "", "", err(e))
+                return page_view(None, None, err(e))[1:]
 
         picked_novel = novel_dd.input(on_pick_novel, novel_dd, page_outputs[1:])
 
         def on_create(title, premise, style, name):
             try:
                 name = lib.create(title, premise, style, name)
-                novel = lib.open(name)
-                novel.add_chapter("Chapter 1")
+                lib.open(name).add_chapter("Chapter 1")
             except USER_ERRORS as e:
-                return (gr.Dropdown(), *[gr.update()] * 3, *[gr.update()] * 3, err(e),
-                        *[gr.update()] * 5)
-            return (gr.Dropdown(choices=lib.names(), value=name), *chapter_view(name, None),
-                    *bible_view(name), ok(f"Created “{title.strip()}”."), "", "", "", "",
-                    gr.Accordion(open=False))
+                return (*[gr.update()] * 9, err(e), *[gr.update()] * 9)
+            return (*page_view(name, None, ok(f"Created “{title.strip()}”.")), "", "", "", "")
 
         created = create_btn.click(on_create, [new_title, new_premise, new_style, new_name],
-                         page_outputs + [new_title, new_premise, new_style, new_name,
-                                         new_novel_box])
+                                   page_outputs + [new_title, new_premise, new_style, new_name])
 
         def on_save_bible(name, title, premise, style):
             try:
                 lib.open(name).set_bible(title, premise, style)
-                return ok("Story bible saved.")
+                return ok("Story bible saved."), gr.Dropdown(choices=_novel_choices(lib))
             except USER_ERRORS as e:
-                return err(e)
+                return err(e), gr.update()
 
         bible_save.click(on_save_bible, [novel_dd, bible_title, bible_premise, bible_style],
-                         status)
+                         [status, novel_dd])
+
+        def on_sampling(name, t, p, n):
+            if name:
+                try:
+                    lib.open(name).set_writing_settings(temperature=t, top_p=p, max_tokens=n)
+                except USER_ERRORS as e:
+                    return err(e)
+            return gr.update()
+
+        for slider in (temperature, top_p, max_tokens):
+            slider.input(on_sampling, [novel_dd, temperature, top_p, max_tokens], status,
+                         trigger_mode="always_last", show_progress="hidden")
 
         # -- events: chapters ----------------------------------------------------------
-        chapter_outputs = [chapter_radio, editor, chapter_title, status]
+        chapter_outputs = [*view_outputs, status]
 
         def chapter_action(fn, message):
             def handler(name, cid, *extra):
                 try:
                     if not name:
                         raise NovelError("Open or create a novel first.")
-                    novel = lib.open(name)
-                    cid = fn(novel, cid, *extra)
+                    cid = fn(lib.open(name), cid, *extra)
                     return (*chapter_view(name, cid), ok(message) if message else "")
                 except USER_ERRORS as e:
-                    return gr.update(), gr.update(), gr.update(), err(e)
+                    return (*[gr.update()] * len(view_outputs), err(e))
             return handler
-
-        picked_chapter = chapter_radio.input(chapter_action(lambda n, cid: cid, ""),
-                            [novel_dd, chapter_radio], chapter_outputs)
-        add_btn.click(chapter_action(lambda n, cid: n.add_chapter(""), "Chapter added."),
-                      [novel_dd, chapter_radio], chapter_outputs)
 
         def need(cid):
             if cid is None:
                 raise NovelError("Pick a chapter first.")
             return cid
 
-        rename_btn.click(chapter_action(lambda n, cid, t: n.rename_chapter(need(cid), t) or cid,
-                                        "Chapter renamed."),
-                         [novel_dd, chapter_radio, chapter_title], chapter_outputs)
+        def on_pick_chapter(name, cid):
+            # Another chapter picked: a pending delete question no longer applies.
+            return (*chapter_action(lambda n, c: c, "")(name, cid), gr.Row(visible=False), None)
+
+        picked_chapter = chapter_radio.input(on_pick_chapter, [novel_dd, chapter_radio],
+                                             chapter_outputs + [confirm_row, pending_delete])
+        add_btn.click(chapter_action(lambda n, cid: n.add_chapter(""), "Chapter added."),
+                      [novel_dd, chapter_radio], chapter_outputs)
+        rename = chapter_action(lambda n, cid, t: n.rename_chapter(need(cid), t) or cid,
+                                "Chapter renamed.")
+        rename_btn.click(rename, [novel_dd, chapter_radio, chapter_title], chapter_outputs)
+        chapter_title.submit(rename, [novel_dd, chapter_radio, chapter_title], chapter_outputs)
         up_btn.click(chapter_action(lambda n, cid: n.move_chapter(need(cid), -1) or cid, ""),
                      [novel_dd, chapter_radio], chapter_outputs)
         down_btn.click(chapter_action(lambda n, cid: n.move_chapter(need(cid), 1) or cid, ""),
@@ -238,90 +357,194 @@ def build(lib: Library) -> gr.Blocks:
 
         def ask_delete(name, cid):
             if not name or cid is None:
-                return gr.Row(visible=False), "", err("Pick a chapter first.")
-            title = lib.open(name).store.chapter(cid)["title"]
-            return (gr.Row(visible=True), f"Delete **{title}** and all its history?", "")
+                return gr.Row(visible=False), "", err("Pick a chapter first."), None
+            title = next(c["title"] for c in lib.open(name).chapters() if c["id"] == cid)
+            return (gr.Row(visible=True), f"Move **{title}** to the trash? (You can restore "
+                    "it from “Deleted chapters”.)", "", cid)
 
-        del_btn.click(ask_delete, [novel_dd, chapter_radio], [confirm_row, confirm_md, status])
-        yes_del.click(chapter_action(lambda n, cid: n.delete_chapter(need(cid)), "Chapter deleted."),
-                      [novel_dd, chapter_radio], chapter_outputs).then(
-            lambda: gr.Row(visible=False), outputs=confirm_row)
-        no_del.click(lambda: gr.Row(visible=False), outputs=confirm_row)
+        del_btn.click(ask_delete, [novel_dd, chapter_radio],
+                      [confirm_row, confirm_md, status, pending_delete])
 
-        def on_edit(name, cid, text):
-            if not name or cid is None:
-                return err("Open or add a chapter first: this text is not saved yet.")
+        def on_delete(name, pending):
+            """Deletes the chapter the question named, whatever is selected now."""
             try:
-                lib.open(name).save_text(cid, text)
-                return ok("Saved.")
+                if not name or pending is None:
+                    raise NovelError("Nothing to delete: press Delete on a chapter first.")
+                novel = lib.open(name)
+                title = next((c["title"] for c in novel.chapters() if c["id"] == pending), None)
+                if title is None:
+                    raise NovelError("That chapter is already gone.")
+                novel.delete_chapter(pending)
+                msg = ok(f"“{title}” moved to the trash; restore it from “Deleted chapters”.")
+                return (*chapter_view(name, None), msg, gr.Row(visible=False), None,
+                        trash_view(name))
             except USER_ERRORS as e:
-                return err(e)
+                return (*[gr.update()] * len(view_outputs), err(e), gr.Row(visible=False), None,
+                        gr.update())
 
-        # Gradio's input event follows the keyboard; blur also catches a mouse paste.
-        for event in (editor.input, editor.blur):
-            event(on_edit, [novel_dd, chapter_radio, editor], status,
-                  trigger_mode="always_last", show_progress="hidden")
+        deleted = yes_del.click(on_delete, [novel_dd, pending_delete],
+                                chapter_outputs + [confirm_row, pending_delete, trash_dd])
+        no_del.click(lambda: (gr.Row(visible=False), None), outputs=[confirm_row, pending_delete])
+
+        def on_restore(name, cid):
+            try:
+                if not name or cid is None:
+                    raise NovelError("Pick a chapter in the trash first.")
+                novel = lib.open(name)
+                cid = novel.restore_chapter(cid)
+                return (*chapter_view(name, cid), ok("Chapter restored."), trash_view(name))
+            except USER_ERRORS as e:
+                return (*[gr.update()] * len(view_outputs), err(e), gr.update())
+
+        restored = restore_btn.click(on_restore, [novel_dd, trash_dd], chapter_outputs + [trash_dd])
+
+        def on_save(name, cid, text, base):
+            """The autosave: conditional on the revision this tab last saw."""
+            if not name or cid is None:
+                return err("Open or add a chapter first: this text is not saved yet."), *[
+                    gr.update()] * 4
+            novel = lib.open(name)
+            try:
+                _save(novel, cid, text, base)
+            except StaleText as e:  # another tab or process wrote first: show theirs
+                return (err(e), seen(novel, cid), gr.Textbox(value=novel.text(cid)),
+                        gr.Radio(choices=_chapter_choices(novel), value=cid),
+                        versions_view(novel, cid))
+            except USER_ERRORS as e:
+                return err(e), *[gr.update()] * 4
+            return (ok("Saved."), seen(novel, cid), gr.update(),
+                    gr.Radio(choices=_chapter_choices(novel), value=cid), gr.update())
+
+        saved = autosave_btn.click(on_save, [novel_dd, chapter_radio, editor, head],
+                                   [status, head, editor, chapter_radio, versions_dd],
+                                   trigger_mode="always_last", show_progress="hidden")
 
         # -- events: writing ---------------------------------------------------------------
-        def watch(novel, job):
-            """Stream a running job's events to the editor, status and receipt."""
-            last_receipt = novel.last_receipt
-            for ev in job.events():
-                if ev.receipt is not None:
-                    last_receipt = ev.receipt
-                st = ev.status
-                if ev.done and ev.stats:
-                    st += (f" · {ev.stats['new_tokens']} tokens at "
-                           f"{ev.stats['tokens_per_s']} tok/s · seed {ev.stats['seed']}")
-                # The chapter list (word counts) only changes when the passage ends.
-                chapters = (gr.Radio(choices=_chapter_choices(novel)) if ev.done
-                            else gr.update())
-                yield (gr.Textbox(value=ev.text, interactive=ev.done),
-                       ok(st) if ev.done else st, _receipt(last_receipt), chapters)
+        gen_outputs = [editor, status, receipt_md, chapter_radio, head, versions_dd]
 
-        def start(name, cid, t, p, n, s, retry=False):
+        def watch(novel, job, cid):
+            """Stream a running job's events to the page. The status is sent only when
+            it changes, so a message such as "press Stop first" stays readable."""
+            shown_status, shown_receipt, last = None, None, None
+            try:
+                for ev in job.events():
+                    last = ev
+                    if ev.done:
+                        break
+                    fresh = ev.receipt is not None and ev.receipt is not shown_receipt
+                    yield (gr.Textbox(value=ev.text, interactive=False),
+                           ev.status if ev.status != shown_status else gr.update(),
+                           _receipt(ev.receipt) if fresh else gr.update(),
+                           *[gr.update()] * 3)
+                    shown_status = ev.status
+                    shown_receipt = ev.receipt if fresh else shown_receipt
+                message = ""
+                if last is not None and last.done:
+                    message = last.status
+                    if last.stats:
+                        message += (f" · {last.stats['new_tokens']} tokens at "
+                                    f"{last.stats['tokens_per_s']} tok/s · seed "
+                                    f"{last.stats['seed']}")
+                    message = ok(message)
+            except USER_ERRORS as e:
+                message = err(e)
+            receipt = (last.receipt if last is not None and last.receipt is not None
+                       else novel.last_receipt)
+            yield (gr.Textbox(value=novel.text(cid), interactive=True), message,
+                   _receipt(receipt), gr.Radio(choices=_chapter_choices(novel), value=cid),
+                   seen(novel, cid), versions_view(novel, cid))
+
+        def start(name, cid, text, base, t, p, n, s, retry=False):
             try:
                 if not name or cid is None:
                     raise NovelError("Open a novel and pick a chapter first.")
                 novel = lib.open(name)
+                flush(novel, cid, text, base)
                 job = novel.start(cid, sampling(t, p, n, s), retry=retry)
-            except USER_ERRORS as e:
-                yield gr.Textbox(interactive=True), err(e), gr.update(), gr.update()
+                job.chapter_id = cid  # a page reopened mid-passage attaches to this chapter
+            except StaleText as e:
+                yield (gr.Textbox(value=novel.text(cid)), err(e), gr.update(),
+                       gr.update(), seen(novel, cid), versions_view(novel, cid))
                 return
-            try:
-                yield from watch(novel, job)
             except USER_ERRORS as e:
-                yield gr.Textbox(interactive=True), err(e), gr.update(), gr.update()
+                yield gr.update(), err(e), gr.update(), gr.update(), gr.update(), gr.update()
+                return
+            yield from watch(novel, job, cid)
 
-        gen_inputs = [novel_dd, chapter_radio, temperature, top_p, max_tokens, seed]
-        gen_outputs = [editor, status, receipt_md, chapter_radio]
-        continued = continue_btn.click(start, gen_inputs, gen_outputs, show_progress="hidden")
+        gen_inputs = [novel_dd, chapter_radio, editor, head, temperature, top_p, max_tokens, seed]
+        # trigger_mode "multiple": a second press while a passage streams must reach the
+        # engine and be told "already writing", not be dropped by the page.
+        continued = continue_btn.click(start, gen_inputs, gen_outputs, show_progress="hidden",
+                                       trigger_mode="multiple")
         retried = retry_btn.click(lambda *a: (yield from start(*a, retry=True)), gen_inputs,
-                                  gen_outputs, show_progress="hidden")
+                                  gen_outputs, show_progress="hidden", trigger_mode="multiple")
+
+        def attach(name, cid):
+            """A page opened while the model writes in this novel follows the passage."""
+            job = lib.open(name).job if name else None
+            if job is None or job.done.is_set():
+                yield tuple(gr.update() for _ in gen_outputs)
+                return
+            job_cid = getattr(job, "chapter_id", cid)
+            if job_cid != cid:
+                title = next((c["title"] for c in lib.open(name).chapters()
+                              if c["id"] == job_cid), "another chapter")
+                yield (gr.update(), f"The model is writing in “{title}”; press Stop to halt it.",
+                       *[gr.update()] * 4)
+                return
+            yield from watch(lib.open(name), job, cid)
+
+        loaded.then(lambda: "ready", outputs=page_ready, show_progress="hidden")
+        loaded.then(attach, [novel_dd, chapter_radio], gen_outputs, show_progress="hidden")
 
         def on_stop(name):
-            if name:
+            if name and lib.open(name).busy:
                 lib.open(name).stop()
-            return "Stopping…"
+                return "Stopping…"
+            return "Nothing is being written."
 
         stop_btn.click(on_stop, novel_dd, status, concurrency_limit=None, queue=False)
 
         def history(verb):
-            def handler(name, cid):
+            def handler(name, cid, text, base):
                 try:
                     if not name:
                         raise NovelError("Open a novel first.")
                     novel = lib.open(name)
-                    can_undo, can_redo = novel.can_undo_redo(need(cid))
+                    flush(novel, need(cid), text, base)
+                    can_undo, can_redo = novel.can_undo_redo(cid)
                     if not (can_undo if verb == "undo" else can_redo):
-                        return gr.update(), f"Nothing to {verb}."
-                    return getattr(novel, verb)(cid), ok(f"{verb.capitalize()} done.")
+                        return gr.update(), f"Nothing to {verb}.", *[gr.update()] * 3
+                    text = getattr(novel, verb)(cid)
+                    return (text, ok(f"{verb.capitalize()} done."), seen(novel, cid),
+                            versions_view(novel, cid),
+                            gr.Radio(choices=_chapter_choices(novel), value=cid))
+                except StaleText as e:
+                    return (novel.text(cid), err(e), seen(novel, cid), versions_view(novel, cid),
+                            gr.update())
                 except USER_ERRORS as e:
-                    return gr.update(), err(e)
+                    return gr.update(), err(e), *[gr.update()] * 3
             return handler
 
-        undo_btn.click(history("undo"), [novel_dd, chapter_radio], [editor, status])
-        redo_btn.click(history("redo"), [novel_dd, chapter_radio], [editor, status])
+        history_inputs = [novel_dd, chapter_radio, editor, head]
+        history_outputs = [editor, status, head, versions_dd, chapter_radio]
+        undone = undo_btn.click(history("undo"), history_inputs, history_outputs)
+        redone = redo_btn.click(history("redo"), history_inputs, history_outputs)
+
+        def on_version(name, cid, rev):
+            try:
+                if not name or cid is None or rev is None:
+                    raise NovelError("Pick a version first.")
+                novel = lib.open(name)
+                text = novel.switch_version(cid, rev)
+                return (text, ok("Showing the version you picked; Undo and Redo go on from "
+                                 "here."), seen(novel, cid), versions_view(novel, cid),
+                        gr.Radio(choices=_chapter_choices(novel), value=cid))
+            except USER_ERRORS as e:
+                return gr.update(), err(e), *[gr.update()] * 3
+
+        switched = versions_dd.input(on_version, [novel_dd, chapter_radio, versions_dd],
+                                     history_outputs)
 
         # -- import / export -------------------------------------------------------------
         def on_import(name, files):
@@ -335,7 +558,7 @@ def build(lib: Library) -> gr.Blocks:
                 ids = novel.import_files(paths, progress=gr.Progress().tqdm)
                 return (*chapter_view(name, ids[-1]), ok(f"Imported {len(ids)} chapter(s)."))
             except USER_ERRORS as e:
-                return gr.update(), gr.update(), gr.update(), err(e)
+                return (*[gr.update()] * len(view_outputs), err(e))
 
         import_btn.click(on_import, [novel_dd, import_files], chapter_outputs)
 
@@ -365,7 +588,8 @@ def build(lib: Library) -> gr.Blocks:
         knn_panel.wire(lib, knn, novel_dd, opened)
         matrix_panel.wire(lib, matrix, novel_dd, opened)
         thoughts_panel.wire(lib, notes, novel_dd, chapter_radio,
-                            [continued, retried, picked_chapter, *opened])
+                            [continued, retried, picked_chapter, undone, redone, switched,
+                             deleted, restored, *opened])
     return demo
 
 

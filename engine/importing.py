@@ -115,6 +115,9 @@ def _guess(data: bytes, name: str, bad: int) -> tuple[str, str]:
         from charset_normalizer.md import mess_ratio
         if best.coherence < 0.1 and mess_ratio(western, 0.5) < 0.5:
             return western, "windows-1252"
+    if best.coherence < 0.1:  # no language recognised in any guess: noise, not prose
+        raise ProjectError(f"{name} is not UTF-8 text (bad byte at offset {bad}) and its "
+                           "encoding could not be recognised; re-save it as UTF-8.")
     return str(best), encoding_name(best.encoding)
 
 

@@ -207,12 +207,13 @@ class Novel:
     def text(self, chapter_id: int) -> str:
         return self.store.chapter(chapter_id)["text"] or ""
 
-    def save_text(self, chapter_id: int, text: str, base_rev: int | None = None) -> int:
+    def save_text(self, chapter_id: int, text: str, base_rev: int | None = None,
+                  base_text: str | None = None) -> int:
         """The writer's own edit (rapid edits share one undo step); returns the head
-        revision. ``base_rev``: the head the writer's copy was loaded from (pass back the
-        id each save returns). When the chapter moved on since (another tab, a Continue
-        elsewhere), nothing is overwritten: the text becomes another version on top of
-        ``base_rev`` and StaleText is raised."""
+        revision. ``base_rev``/``base_text``: the head and text the writer's copy was
+        loaded from or last saved (pass back what each save returns). When the chapter
+        moved on since (another tab, a Continue elsewhere), nothing is overwritten: the
+        text becomes another version and StaleText is raised."""
         if self._busy.locked():
             raise NovelError("The model is writing; press Stop before editing.")
         base_rev = None if base_rev is None else int(base_rev)
@@ -221,7 +222,7 @@ class Novel:
                 (base_rev, chapter_id)) == []:
             raise NovelError(f"Revision {base_rev} is not part of chapter {chapter_id}.")
         old = self.text(chapter_id)
-        head, branch = self.store.save_writer_text(chapter_id, text, base_rev)
+        head, branch = self.store.save_writer_text(chapter_id, text, base_rev, base_text)
         if branch is not None:
             raise StaleText(head, branch)
         self.thoughts.follow_edit(chapter_id, old, text)
@@ -767,6 +768,21 @@ class Novel:
                     stats=stats)
 
     # -- thoughts -------------------------------------------------------------------
+    def writing_settings(self) -> dict:
+        """The writer's last sampling choices for this novel ({} until they change one)."""
+        return self.store.get_setting("writing") or {}
+
+    def set_writing_settings(self, temperature: float, top_p: float, max_tokens: int) -> None:
+        """Keep the page's sampling sliders per novel (a reload shows them again)."""
+        import math
+        values = {"temperature": float(temperature), "top_p": float(top_p),
+                  "max_tokens": int(max_tokens)}
+        if not (all(math.isfinite(v) for v in values.values()) and 0 <= values["temperature"]
+                <= 5 and 0 < values["top_p"] <= 1 and 1 <= values["max_tokens"] <= 4096):
+            raise NovelError("Sampling settings out of range: temperature 0-5, top-p above "
+                             "0 up to 1, 1 to 4,096 new tokens.")
+        self.store.set_setting("writing", values)
+
     def thought_settings(self) -> dict:
         """on: a margin note after each passage; plan_first: the note comes before it."""
         return {"on": True, "plan_first": False, "mode": "prompt", "adapter": "",

@@ -533,14 +533,17 @@ class Store:
             raise ProjectError(f"There is no revision {rev_id}.")
         return rows[0]
 
-    def save_writer_text(self, chapter_id: int, text: str,
-                         base_rev: int | None = None) -> tuple[int, int | None]:
+    def save_writer_text(self, chapter_id: int, text: str, base_rev: int | None = None,
+                         base_text: str | None = None) -> tuple[int, int | None]:
         """Save the writer's edit; rapid edits coalesce into one undo step (only ever into
         the head). Returns (head, branch): ``branch`` is None when the edit became (or
         changed) the head. When ``base_rev`` (the revision the writer's copy was loaded
         from) is no longer the head, nothing is overwritten: the text is kept as a new
         revision on top of ``base_rev`` (a sibling branch), the head stays, and branch is
-        its id (or base_rev itself when the text is base_rev's, unchanged)."""
+        its id (or base_rev itself when the text is base_rev's, unchanged). ``base_text``:
+        the text the writer's copy last had; when the head is base_rev but its text is no
+        longer that (another tab coalesced into it), the edit is kept as a sibling of the
+        head instead of overwriting it."""
         validate_text("The chapter", text, MAX_CHAPTER_CHARS)
         t = now()
         with self.tx() as db:
@@ -549,6 +552,15 @@ class Store:
                               "WHERE id=?", (head_id,)).fetchone()
             if head[0] == text:
                 return head_id, None
+            if base_rev == head_id and base_text is not None and head[0] != base_text:
+                parent = db.execute("SELECT parent_id FROM revisions WHERE id=?",
+                                    (head_id,)).fetchone()[0]
+                rid = db["revisions"].insert({"chapter_id": chapter_id,
+                                              "parent_id": head_id if parent is None else parent,
+                                              "text": text, "author": "writer",
+                                              "action": "edit", "created": t, "updated": t,
+                                              "visited": 0.0}).last_pk
+                return head_id, rid
             if base_rev is not None and base_rev != head_id:
                 base = db.execute("SELECT chapter_id, text FROM revisions WHERE id=?",
                                   (base_rev,)).fetchone()

@@ -238,3 +238,30 @@ def test_stopping_an_empty_passage_keeps_what_another_writer_saved_on_it(novel, 
     assert novel.text(cid) == "Opening. Another writer's words."
     assert other.undo(cid) == "Opening."  # the chain to it is whole
     other.close()
+
+
+def test_two_tabs_on_one_head_never_coalesce_over_each_other(novel):
+    """Both tabs hold the same head; each passes the text it last saw. The second tab's
+    edit must not coalesce over the first tab's (within the 30 s undo step)."""
+    cid = novel.add_chapter("One", "")
+    head = novel.save_text(cid, "Shared start.")
+    a = novel.save_text(cid, "Shared start. Tab A's line.", base_rev=head,
+                        base_text="Shared start.")
+    assert a == head and novel.text(cid) == "Shared start. Tab A's line."
+    with pytest.raises(StaleText) as err:  # tab B still saw "Shared start."
+        novel.save_text(cid, "Shared start. Tab B's line.", base_rev=head,
+                        base_text="Shared start.")
+    assert novel.text(cid) == "Shared start. Tab A's line."
+    assert novel.store.revision(err.value.saved)["text"] == "Shared start. Tab B's line."
+    assert err.value.saved in [v["id"] for v in novel.versions(cid)]
+
+
+def test_sampling_choices_are_kept_per_novel(library):
+    a = library.open(library.create("Book A"))
+    b = library.open(library.create("Book B"))
+    a.set_writing_settings(temperature=0.55, top_p=0.9, max_tokens=64)
+    assert a.writing_settings() == {"temperature": 0.55, "top_p": 0.9, "max_tokens": 64}
+    assert b.writing_settings() == {}
+    with pytest.raises(NovelError, match="out of range"):
+        a.set_writing_settings(temperature=float("nan"), top_p=0.9, max_tokens=64)
+    assert a.writing_settings()["temperature"] == 0.55

@@ -20,8 +20,17 @@ def type_text(locator, text):
     locator.press_sequentially(text[-8:])
 
 
+def wait_ready(page):
+    """Until the page load has filled the page in."""
+    expect(page.locator("#page-ready")).to_contain_text("ready")
+
+
 def create_novel(page, url, title="The Lighthouse", name=""):
     page.goto(url)
+    fields = page.locator("#new-title textarea, #new-title input").first
+    wait_ready(page)  # the page load decides whether the form starts open
+    if not fields.is_visible():  # folded once the library has novels
+        page.locator("#new-novel").get_by_text("New novel", exact=True).first.click()
     page.locator("#new-title textarea, #new-title input").first.fill(title)
     page.locator("#new-premise textarea").fill("A keeper guards a secret.")
     if name:

@@ -1,0 +1,216 @@
+"""The writer's path in headless Chromium, with the bugs found by trying it: a paste is
+saved without a click elsewhere, Retry keeps the replaced passage reachable, Delete acts
+on the chapter it names and goes to a trash, a page reopened mid-passage follows the
+model, errors during streaming stay readable, a stale tab never overwrites newer text."""
+from __future__ import annotations
+
+import re
+
+from playwright.sync_api import expect
+
+from ui_helpers import (OPENING, continue_and_wait, create_novel, editor, on_disk,
+                        set_max_tokens, start_chapter, status, type_text)
+
+
+def _head_text(projects, name, chapter=0):
+    # as a textarea shows it: the random test model writes bare carriage returns
+    text = on_disk(projects, name, lambda st: st.chapters()[chapter]["text"] or "")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _wait_on_disk(page, projects, name, predicate, chapter=0, tries=50):
+    for _ in range(tries):
+        text = _head_text(projects, name, chapter)
+        if predicate(text):
+            return text
+        page.wait_for_timeout(200)
+    return text
+
+
+def _chapter(page, title):
+    return page.locator("#chapters label").filter(has_text=title)
+
+
+def test_paste_is_saved_without_leaving_the_editor(app_server, browser):
+    url, projects = app_server
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000},
+                              permissions=["clipboard-read", "clipboard-write"])
+    page = ctx.new_page()
+    page.set_default_timeout(90_000)
+    create_novel(page, url, "Paste Book")
+    expect(status(page)).to_contain_text("Created")
+    pasted = "Rain on the lamp-room glass, and the keeper counting ships."
+    editor(page).click()
+    page.evaluate("t => navigator.clipboard.writeText(t)", pasted)
+    page.keyboard.press("Control+V")
+    expect(editor(page)).to_have_value(pasted)
+    # No blur, no typing: the paste alone reaches disk within a second or two.
+    assert _wait_on_disk(page, projects, "Paste Book", lambda t: t == pasted) == pasted
+    expect(status(page)).to_contain_text("Saved")
+    # The chapter list counts the words as they are saved.
+    expect(page.locator("#chapters")).to_contain_text("(10 words)")
+    ctx.close()
+
+
+def test_a_chapter_over_the_limit_is_refused_at_once(app_server, page):
+    url, projects = app_server
+    start_chapter(page, url, "Limit Book")
+    from engine.store import MAX_CHAPTER_CHARS
+    editor(page).fill("x" * (MAX_CHAPTER_CHARS + 1))
+    expect(status(page)).to_contain_text("too long", timeout=30_000)
+    assert _head_text(projects, "Limit Book") == OPENING
+
+
+def test_retry_keeps_the_replaced_passage_reachable(app_server, page):
+    url, projects = app_server
+    start_chapter(page, url, "Versions Book")
+    set_max_tokens(page, 1024)
+    page.locator("#continue").click()
+    expect(editor(page)).to_have_value(re.compile(re.escape(OPENING) + r".{8,}", re.S),
+                                       timeout=60_000)
+    page.locator("#stop").click()
+    expect(status(page)).to_contain_text("Stopped", timeout=30_000)
+    first = editor(page).input_value()
+    set_max_tokens(page, 16)
+    page.locator("#retry").click()
+    expect(editor(page)).not_to_have_value(first, timeout=60_000)
+    expect(status(page)).not_to_contain_text("Stopped", timeout=60_000)
+    expect(status(page)).to_contain_text("tok/s", timeout=60_000)
+    second = editor(page).input_value()
+    assert second != first and second.startswith(OPENING)
+
+    versions = page.locator("#versions")
+    expect(versions).to_be_visible()
+    page.locator("#versions input").click()
+    options = page.get_by_role("option")
+    expect(options).to_have_count(2)
+    options.first.click()  # the stopped passage the Retry replaced
+    expect(editor(page)).to_have_value(first)
+    assert _wait_on_disk(page, projects, "Versions Book", lambda t: t == first) == first
+
+    # Undo goes back to the opening; Redo brings a passage back.
+    page.locator("#undo").click()
+    expect(editor(page)).to_have_value(OPENING)
+    page.locator("#redo").click()
+    expect(editor(page)).to_have_value(re.compile(re.escape(OPENING) + r".+", re.S))
+
+
+def test_delete_names_its_chapter_and_goes_to_the_trash(app_server, page):
+    url, projects = app_server
+    start_chapter(page, url, "Trash Book")
+    page.locator("#add-chapter").click()
+    expect(page.locator("#chapters")).to_contain_text("2. Chapter 2")
+    title = page.locator("#chapter-title input, #chapter-title textarea").first
+    title.fill("Throwaway")
+    title.press("Enter")  # Enter in the title box renames
+    expect(page.locator("#chapters")).to_contain_text("2. Throwaway")
+
+    page.locator("#delete-chapter").click()
+    expect(page.locator("#confirm-delete")).to_contain_text("Throwaway")
+    _chapter(page, "Chapter 1").click()  # the selection changes: the question goes
+    expect(editor(page)).to_have_value(OPENING)
+    expect(page.locator("#confirm-delete")).to_be_hidden()
+
+    _chapter(page, "Throwaway").click()
+    page.locator("#delete-chapter").click()
+    expect(page.locator("#confirm-delete")).to_contain_text("Throwaway")
+    page.locator("#confirm-delete-yes").click()
+    expect(status(page)).to_contain_text("moved to the trash")
+    expect(page.locator("#chapters")).not_to_contain_text("Throwaway")
+    expect(page.locator("#chapters")).to_contain_text("Chapter 1")
+    assert _head_text(projects, "Trash Book") == OPENING
+
+    page.locator("#trash").get_by_text("Deleted chapters").first.click()
+    page.locator("#trash-list input").click()
+    page.get_by_role("option", name=re.compile("Throwaway")).click()
+    page.locator("#trash-restore").click()
+    expect(status(page)).to_contain_text("restored")
+    expect(page.locator("#chapters")).to_contain_text("Throwaway")
+
+
+def test_reopened_page_follows_the_passage_and_stop_works(app_server, browser):
+    url, projects = app_server
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = ctx.new_page()
+    page.set_default_timeout(90_000)
+    start_chapter(page, url, "Reopen Book")
+    set_max_tokens(page, 1024)
+    page.locator("#continue").click()
+    expect(editor(page)).to_have_value(re.compile(re.escape(OPENING) + r".{4,}", re.S),
+                                       timeout=60_000)
+    page.close()  # the tab closes mid-passage; the model goes on writing
+
+    page = ctx.new_page()
+    page.set_default_timeout(90_000)
+    page.goto(url)
+    expect(editor(page)).to_have_value(re.compile(re.escape(OPENING) + r".{4,}", re.S))
+    before = len(editor(page).input_value())
+    # The reopened page streams the rest: the editor keeps growing without a reload.
+    page.wait_for_function(
+        "n => document.querySelector('#editor textarea').value.length > n + 8", arg=before,
+        timeout=60_000)
+    expect(editor(page)).not_to_be_editable()
+    page.locator("#stop").click()
+    expect(status(page)).to_contain_text("Stopped", timeout=30_000)
+    expect(editor(page)).to_be_editable()
+    written = editor(page).input_value()
+    assert _wait_on_disk(page, projects, "Reopen Book", lambda t: t == written) == written
+    ctx.close()
+
+
+def test_errors_while_the_model_writes_stay_readable(app_server, page):
+    url, _ = app_server
+    start_chapter(page, url, "Busy Book")
+    set_max_tokens(page, 1024)
+    page.locator("#continue").click()
+    expect(status(page)).to_contain_text("Writing", timeout=60_000)
+    page.locator("#undo").click()
+    expect(status(page)).to_contain_text("press Stop first")
+    page.wait_for_timeout(1500)  # streaming goes on; the message must not be replaced
+    expect(status(page)).to_contain_text("press Stop first")
+    page.locator("#continue").click()
+    expect(status(page)).to_contain_text("already writing")
+    page.wait_for_timeout(1500)
+    expect(status(page)).to_contain_text("already writing")
+    page.locator("#stop").click()
+    expect(status(page)).to_contain_text("Stopped", timeout=30_000)
+
+
+def test_a_stale_tab_never_overwrites_a_newer_passage(app_server, browser):
+    url, projects = app_server
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    one, two = ctx.new_page(), ctx.new_page()
+    for p in (one, two):
+        p.set_default_timeout(90_000)
+    start_chapter(one, url, "Two Tabs")
+    two.goto(url)
+    expect(editor(two)).to_have_value(OPENING)
+    continue_and_wait(one, 16)
+    newer = editor(one).input_value()
+    assert newer != OPENING
+    # The stale tab still shows the opening; the writer types in it.
+    editor(two).click()
+    editor(two).press("End")
+    editor(two).press_sequentially(" Stale words.")
+    expect(status(two)).to_contain_text("changed", timeout=30_000)
+    expect(editor(two)).to_have_value(newer)  # the tab now shows the newer text
+    assert _head_text(projects, "Two Tabs") == newer
+    ctx.close()
+
+
+def test_page_remembers_the_novel_title_form_and_sampling(app_server, page):
+    url, _ = app_server
+    start_chapter(page, url, "Settings Book")
+    page.locator("#temperature input[type=number]").fill("0.55")
+    page.locator("#temperature input[type=number]").press("Enter")
+    set_max_tokens(page, 64)
+    page.wait_for_timeout(1500)
+    page.reload()
+    expect(page.locator("#novel-select input")).to_have_value(re.compile("Settings Book"))
+    expect(page.locator("#max-tokens input[type=number]")).to_have_value("64")
+    expect(page.locator("#temperature input[type=number]")).to_have_value("0.55")
+    # Novels exist: the "New novel" form stays folded on load.
+    expect(page.locator("#new-title")).to_be_hidden()
+    type_text(editor(page), OPENING + " One two three.")
+    expect(page.locator("#chapters")).to_contain_text(
+        f"({len((OPENING + ' One two three.').split())} words)")

@@ -1,25 +1,28 @@
-"""The "Memory matrix" panel: on/off and shape, a plot of slot usage over the chapters
-with pinned slots marked, pin/unpin a memory's slots, reset. Layout and wiring only;
-every action is a Novel call (engine/memory/matrix_project.py)."""
+"""The "Memory matrix" panel: on/off and shape, which chapters wrote most into the
+matrix and which memories hold pinned slots, pin/unpin a memory's slots, reset; the
+plot of slot usage over the chapters behind "Engineering details". Layout and wiring
+only; every action is a Novel call (engine/memory/matrix_project.py)."""
 from __future__ import annotations
 
+import html
 import math
 
 import gradio as gr
 
+from app.memory_panel import chapter_name
 from app.messages import USER_ERRORS, err, ok
 
 SLOTS = [1024, 2048, 4096, 8192, 16384]
+TOP_CHAPTERS = 8  # the summary names the chapters that wrote most; the rest are counted
 
 
 def panel() -> dict:
     m = {}
     with gr.Accordion("Memory matrix", open=False, elem_id="matrix-panel"):
         gr.Markdown("A matrix inside the model that every passage is written into; the "
-                    "model reads a sketch of it as extra memory tokens. Each row of the plot "
-                    "is a group of slots, each column a chapter: darker means more written "
-                    "there. 📌 marks slots pinned by a memory: they never change.",
-                    elem_classes=["hint"])
+                    "model reads a sketch of it as extra memory tokens. Below: which "
+                    "chapters wrote most into it, and which memories hold pinned slots "
+                    "(those never change).", elem_classes=["hint"])
         m["on"] = gr.Checkbox(label="Use the memory matrix", value=False, elem_id="matrix-on")
         with gr.Row():
             m["layer"] = gr.Number(label="Layer (empty: default)", precision=0,
@@ -31,8 +34,8 @@ def panel() -> dict:
                                   "'python -m engine train memory')", elem_id="matrix-adapter")
         m["apply"] = gr.Button("Apply", size="sm", elem_id="matrix-apply")
         m["info"] = gr.Markdown("", elem_id="matrix-info")
-        m["plot"] = gr.HTML("", elem_id="matrix-plot")
-        m["refresh"] = gr.Button("Update the plot", size="sm", elem_id="matrix-refresh")
+        m["summary"] = gr.HTML("", elem_id="matrix-summary")
+        m["refresh"] = gr.Button("Update", size="sm", elem_id="matrix-refresh")
         with gr.Row():
             m["memory"] = gr.Dropdown([], label="A memory", elem_id="matrix-memory",
                                       allow_custom_value=False)
@@ -41,7 +44,57 @@ def panel() -> dict:
         m["reset"] = gr.Button("Reset (write the manuscript again from the seed)",
                                size="sm", variant="stop", elem_id="matrix-reset")
         m["status"] = gr.Markdown("", elem_id="matrix-status")
+        with gr.Accordion("Engineering details", open=False, elem_id="matrix-details"):
+            gr.Markdown("Slot usage: each row is a group of slots, each column a chapter "
+                        "(by its number); darker means more written there. The grey bar: "
+                        "how far the group moved from its start. 📌 marks pinned slots.",
+                        elem_classes=["hint"])
+            m["plot"] = gr.HTML("", elem_id="matrix-plot")
     return m
+
+
+def summary(usage: dict, chapters: list[dict], pins: dict, memories: dict) -> str:
+    """What a writer can use of the matrix: the chapters that wrote most into it (share
+    of all that was written, best first) and the memories holding pinned slots."""
+    if not usage["chapters"]:
+        return ("<p class='hint'>Nothing written yet: the manuscript is written in a "
+                "full segment (256 tokens) at a time.</p>")
+    names = {c["position"]: chapter_name(c["position"], c["title"]) for c in chapters}
+    totals = [sum(col) for col in zip(*usage["usage"])] or [0.0] * len(usage["chapters"])
+    whole = sum(totals) or 1.0
+    ranked = sorted(zip(usage["chapters"], totals), key=lambda x: -x[1])
+    rows = "".join(
+        f"<tr><td class='mx-ch'>{html.escape(names.get(pos, f'Chapter {pos}'))}</td>"
+        f"<td class='mx-bar'><span style='width:{100 * t / ranked[0][1]:.0f}%'></span></td>"
+        f"<td class='mx-pc'>{100 * t / whole:.0f}%</td></tr>"
+        for pos, t in ranked[:TOP_CHAPTERS] if ranked[0][1] > 0)
+    more = len(ranked) - TOP_CHAPTERS
+    out = ["<div class='mx-sum'><p><b>Written into the matrix</b>, by chapter "
+           "(share of all that was written):</p>",
+           f"<table class='mx-chapters'>{rows}</table>"]
+    if more > 0:
+        out.append(f"<p class='hint'>and {more} more chapter{'s' if more > 1 else ''}, "
+                   "each less.</p>")
+    slots = usage["per_bucket"] * len(usage["pinned"])
+    if pins:
+        items = "".join(
+            f"<li data-memory='{int(mid)}'>📌 "
+            f"“{html.escape(_cut(memories.get(str(mid), '')))}” holds {len(s)} "
+            f"slot{'s' if len(s) != 1 else ''}: {', '.join(str(int(x)) for x in sorted(s))}"
+            "</li>" for mid, s in sorted(pins.items(), key=lambda x: int(x[0])))
+        held = sum(len(s) for s in pins.values())
+        out.append(f"<p><b>Pinned</b> ({held} of {slots:,} slots; they never change):</p>"
+                   f"<ul class='mx-pins'>{items}</ul>")
+    else:
+        out.append("<p class='hint'>No memory holds pinned slots: pin one below and what "
+                   "it says stays in the matrix unchanged.</p>")
+    out.append("</div>")
+    return "".join(out)
+
+
+def _cut(text: str, limit: int = 70) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + "…"
 
 
 def heatmap(usage: dict) -> str:
@@ -73,17 +126,18 @@ def heatmap(usage: dict) -> str:
 
 def wire(lib, m: dict, novel_dd, opened: list) -> None:
     """``opened``: the events that open a novel (the panel then shows its matrix)."""
-    outs = [m["on"], m["layer"], m["slots"], m["rows"], m["adapter"], m["info"], m["plot"],
-            m["memory"], m["status"]]
+    outs = [m["on"], m["layer"], m["slots"], m["rows"], m["adapter"], m["info"], m["summary"],
+            m["plot"], m["memory"], m["status"]]
 
     def memory_choices(novel):
         pins = novel.matrix_pins()
-        return [(("📌 " if str(x["id"]) in pins else "") + f"{x['id']}: {x['text'][:70]}",
-                 x["id"]) for x in novel.memories() if x["id"] is not None]
+        return [(("📌 " if str(x["id"]) in pins else "") + f"“{_cut(x['text'])}”", x["id"])
+                for x in novel.memories() if x["id"] is not None]
 
     def view(name, msg="", plot=None):
         if not name:
-            return (False, None, 4096, 64, "", "", "", gr.update(choices=[], value=None), msg)
+            return (False, None, 4096, 64, "", "", "", "", gr.update(choices=[], value=None),
+                    msg)
         novel = lib.open(name)
         s, i = novel.matrix_settings(), novel.matrix_info()
         info = (f"**{'On' if s['on'] else 'Off'}** · layer {s['layer'] if s['layer'] is not None else 'default'}"
@@ -92,14 +146,18 @@ def wire(lib, m: dict, novel_dd, opened: list) -> None:
                 f"{i['segments']} segments written · {i['pinned']} slots pinned")
         if i.get("notice"):
             info += f"\n\n⚠ {i['notice']}"
+        shown = (gr.update(), gr.update()) if plot is None else plot
         return (s["on"], s["layer"], s["slots"], s["rows"], s["adapter"] or "", info,
-                gr.update() if plot is None else plot,
-                gr.update(choices=memory_choices(novel), value=None), msg)
+                *shown, gr.update(choices=memory_choices(novel), value=None), msg)
 
     def plot_of(novel, progress):
+        """(the writer's summary, the engineering plot) of the matrix as it is now."""
         progress(0, desc="Writing the manuscript into the matrix")
-        return heatmap(novel.matrix_usage(lambda d, t: progress(
-            d / max(1, t), desc=f"Writing segment {d}/{t}")))
+        usage = novel.matrix_usage(lambda d, t: progress(
+            d / max(1, t), desc=f"Writing segment {d}/{t}"))
+        texts = {str(x["id"]): x["text"] for x in novel.memories() if x["id"] is not None}
+        return (summary(usage, novel.chapters(), novel.matrix_pins(), texts),
+                heatmap(usage))
 
     def on_apply(name, on, layer, slots, rows, adapter, progress=gr.Progress()):
         if not name:
@@ -128,13 +186,14 @@ def wire(lib, m: dict, novel_dd, opened: list) -> None:
             return view(name, err("Choose a memory first." if name else "Open a novel first."))
         try:
             novel = lib.open(name)
+            what = html.escape(f"“{_cut(novel.memory(memory_id)['text'], 50)}”")
             if pin:
                 slots = novel.pin_matrix(memory_id)
-                msg = ok(f"Memory {memory_id} now holds slots {', '.join(map(str, slots))}; "
+                msg = ok(f"{what} now holds slots {', '.join(map(str, sorted(slots)))}; "
                          "they will not change.")
             else:
                 novel.unpin_matrix(memory_id)
-                msg = ok(f"Memory {memory_id}'s slots are free again.")
+                msg = ok(f"{what} no longer holds slots: they are free again.")
             plot = plot_of(novel, progress)
         except USER_ERRORS as e:
             return view(name, err(e))

@@ -2,7 +2,8 @@
 stay in reach with a long chapter, the right-hand column stays beside the editor from
 1024 px wide, the editor follows the text the model writes, and Ctrl+Enter / Esc
 continue and stop; and what the panels say is in the writer's words (the receipt
-names chapters and quotes memories, the memory list is grouped by kind)."""
+names chapters and quotes memories, the memory list is grouped by kind, the matrix
+panel shows chapters and pins, its plot behind "Engineering details")."""
 from __future__ import annotations
 
 import re
@@ -10,7 +11,8 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from ui_helpers import continue_and_wait, editor, set_max_tokens, start_chapter, status
+from ui_helpers import (continue_and_wait, editor, on_disk, set_max_tokens, start_chapter,
+                        status)
 
 LONG = ("The keeper climbed the stairs of the lighthouse, counting each step as his "
         "father had counted them, and at the top he wound the clock of the lamp. ") * 22
@@ -212,3 +214,43 @@ def test_memory_search_in_the_page_names_kinds_not_keys(app_server, page):
     expect(page.locator("#memory-list")).to_contain_text("Passage in Chapter 1: ")
     for label in items.all_inner_texts():
         assert re.match(r"(📌 )?(Fact|Passage|Note)( in Chapter 1)?: ", label.strip()), label
+
+
+MATRIX_TEXT = ("The keeper of the north light kept a ledger of every ship that never came "
+               "home, and in its margins he drew the faces of their sailors from memory. ") * 5
+DROWNED = "The keeper's brother drowned off the north light."
+
+
+def test_matrix_panel_shows_chapters_and_pins_plot_behind_details(app_server, page):
+    url, projects = app_server
+    start_chapter(page, url, "Margins", MATRIX_TEXT)
+    page.locator("#memories").get_by_text("Memories", exact=True).first.click()
+    page.locator("#memory-new textarea").fill(DROWNED)
+    page.locator("#memory-new-pin input[type=checkbox]").uncheck()
+    page.locator("#memory-add").click()
+    expect(page.locator("#memory-status")).to_contain_text("Fact added")
+
+    page.locator("#matrix-panel").get_by_text("Memory matrix", exact=True).first.click()
+    summary = page.locator("#matrix-summary")
+    expect(page.locator("#matrix-info")).to_contain_text("Off", timeout=60_000)
+    page.locator("#matrix-on input[type=checkbox]").check()
+    expect(page.locator("#matrix-status")).to_contain_text("Memory matrix on", timeout=60_000)
+    expect(summary).to_contain_text("Written into the matrix")
+    expect(summary.locator(".mx-chapters tr")).to_have_count(1)
+    expect(summary).to_contain_text(re.compile(r"Chapter 1\s*100%"))
+    expect(summary).to_contain_text("No memory holds pinned slots")
+    # The slot-by-chapter plot is for engineers: out of sight until asked for.
+    expect(page.locator("#matrix-plot .mx-r").first).to_be_hidden()
+
+    page.locator("#matrix-memory input").click()
+    page.get_by_role("option", name=re.compile("drowned")).click()
+    page.locator("#matrix-pin").click()
+    expect(page.locator("#matrix-status")).to_contain_text("now holds slots", timeout=60_000)
+    pins = on_disk(projects, "Margins", lambda st: st.get_setting("matrix_pins"))
+    slots = ", ".join(str(x) for x in sorted(pins["1"]))
+    expect(summary).to_contain_text(f"📌 “{DROWNED}” holds 4 slots: {slots}")
+    page.screenshot(path="test-artifacts/matrix-summary.png", full_page=True)
+
+    page.locator("#matrix-details").get_by_text("Engineering details", exact=True).click()
+    expect(page.locator("#matrix-plot .mx-r").first).to_be_visible()
+    expect(page.locator("#matrix-plot .mx-pinned").first).to_be_visible()

@@ -16,6 +16,8 @@ FACT = "The keeper's brother drowned off the north light."
 def _open(page):
     page.locator("#matrix-panel").get_by_text("Memory matrix", exact=True).first.click()
     expect(page.locator("#matrix-apply")).to_be_visible()
+    # the slot plot is behind "Engineering details" (the summary is for the writer)
+    page.locator("#matrix-details").get_by_text("Engineering details", exact=True).click()
 
 
 def _pins(projects, name):

@@ -249,8 +249,11 @@ def build(lib: Library) -> gr.Blocks:
 
         def sampling(t, p, n, s):
             s = int(s) if s is not None else RANDOM_SEED
-            return Sampling(temperature=t, top_p=p, max_new_tokens=int(n),
-                            seed=None if s < 0 else s)
+            try:  # e.g. a seed typed past 2**63 would overflow the generator mid-write
+                return Sampling(temperature=t, top_p=p, max_new_tokens=int(n),
+                                seed=None if s < 0 else s).validate()
+            except ValueError as e:
+                raise NovelError(str(e)) from e
 
         def flush(novel, cid, text, base):
             """Save what the editor shows before an action reads the chapter: the last
@@ -555,8 +558,13 @@ def build(lib: Library) -> gr.Blocks:
                     raise NovelError("Choose one or more .txt or .md files first.")
                 novel = lib.open(name)
                 paths = [f if isinstance(f, str) else f.name for f in files]
-                ids = novel.import_files(paths, progress=gr.Progress().tqdm)
-                return (*chapter_view(name, ids[-1]), ok(f"Imported {len(ids)} chapter(s)."))
+                encodings: dict = {}
+                ids = novel.import_files(paths, progress=gr.Progress().tqdm,
+                                         encodings=encodings)
+                read = "".join(f" Read {f} as {e}." for f, e in encodings.items()
+                               if e != "utf-8")
+                return (*chapter_view(name, ids[-1]),
+                        ok(f"Imported {len(ids)} chapter(s).{read}"))
             except USER_ERRORS as e:
                 return (*[gr.update()] * len(view_outputs), err(e))
 

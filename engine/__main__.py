@@ -42,16 +42,16 @@ def cmd_new(args) -> int:
 def cmd_import(args) -> int:
     from tqdm import tqdm
 
-    from .importing import read_text
     from .novel import Novel
 
     novel = Novel.open(Path(args.project))
-    encodings = [(f, read_text(Path(f))[1]) for f in args.files]  # all checked first
+    encodings: dict = {}
     ids = novel.import_files(args.files, progress=lambda xs: tqdm(xs, desc="Importing",
-                                                                   unit="chapter"))
-    for f, enc in encodings:
+                                                                   unit="chapter"),
+                             encodings=encodings)
+    for name, enc in encodings.items():
         if enc != "utf-8":
-            print(f"Read {Path(f).name} as {enc}.")
+            print(f"Read {name} as {enc}.")
     print(f"Imported {len(ids)} chapter(s).")
     return 0
 

@@ -289,11 +289,14 @@ class Novel:
             raise NovelError("The model is writing; press Stop first.")
 
     # -- import and export --------------------------------------------------------
-    def import_files(self, paths, progress=None) -> list[int]:
-        """Add each file's chapters; every file is checked before anything is added."""
+    def import_files(self, paths, progress=None, encodings: dict | None = None) -> list[int]:
+        """Add each file's chapters; every file is checked before anything is added.
+        ``encodings``, when given, is filled with {file name: encoding read}."""
         parsed = []
         for p in paths:
-            text = importing.read_text_file(Path(p))
+            text, enc = importing.read_text(Path(p))
+            if encodings is not None:
+                encodings[Path(p).name] = enc
             parsed += importing.split_chapters(text, Path(p).stem)
         if not parsed:
             raise NovelError("The files hold no text to import.")

@@ -214,3 +214,76 @@ def test_page_remembers_the_novel_title_form_and_sampling(app_server, page):
     type_text(editor(page), OPENING + " One two three.")
     expect(page.locator("#chapters")).to_contain_text(
         f"({len((OPENING + ' One two three.').split())} words)")
+
+
+def test_the_whole_writers_path(app_server, browser, tmp_path):
+    """Create, type, paste, Continue, Stop, Retry, reach the replaced passage, import a
+    Windows-1252 file, delete with a selection change, close and reopen mid-passage."""
+    url, projects = app_server
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900},
+                              permissions=["clipboard-read", "clipboard-write"])
+    page = ctx.new_page()
+    page.set_default_timeout(90_000)
+    start_chapter(page, url, "Path Book")                         # create, type
+    editor(page).press("End")
+    page.evaluate("t => navigator.clipboard.writeText(t)", " A gull cried twice.")
+    page.keyboard.press("Control+V")                              # paste
+    typed = OPENING + " A gull cried twice."
+    assert _wait_on_disk(page, projects, "Path Book", lambda t: t == typed) == typed
+
+    set_max_tokens(page, 1024)
+    page.locator("#continue").click()                             # Continue, Stop
+    expect(editor(page)).to_have_value(re.compile(re.escape(typed) + r".{8,}", re.S),
+                                       timeout=60_000)
+    page.locator("#stop").click()
+    expect(status(page)).to_contain_text("Stopped", timeout=30_000)
+    stopped = editor(page).input_value()
+    set_max_tokens(page, 16)
+    page.get_by_label("Seed (-1: random)").fill("1e30")             # a bad seed: said at once
+    page.get_by_label("Seed (-1: random)").press("Enter")
+    page.locator("#retry").click()
+    expect(status(page)).to_contain_text("seed must be")
+    assert editor(page).input_value() == stopped
+    page.get_by_label("Seed (-1: random)").fill("-1")
+    page.get_by_label("Seed (-1: random)").press("Enter")
+    page.locator("#retry").click()                                # Retry
+    expect(editor(page)).not_to_have_value(stopped, timeout=60_000)
+    expect(status(page)).to_contain_text("tok/s", timeout=60_000)
+    page.locator("#versions input").click()                       # the replaced passage
+    page.get_by_role("option").first.click()
+    expect(editor(page)).to_have_value(stopped)
+
+    legacy = tmp_path / "harbour.txt"                             # import, any encoding
+    legacy.write_bytes("Chapter 2\n\nThe caf\u00e9 on the quay was shut.\n".encode("cp1252"))
+    page.get_by_text("Import and export", exact=True).first.click()
+    page.locator("#import-files input[type=file]").set_input_files(str(legacy))
+    page.locator("#import").click()
+    expect(status(page)).to_contain_text("Read harbour.txt as windows-1252")
+    expect(editor(page)).to_have_value(re.compile("The caf\u00e9 on the quay"))
+
+    page.locator("#delete-chapter").click()                       # delete, selection moves
+    expect(page.locator("#confirm-delete")).to_contain_text("Chapter 2")
+    _chapter(page, "Chapter 1").click()
+    expect(page.locator("#confirm-delete")).to_be_hidden()
+    _chapter(page, "Chapter 2").click()
+    page.locator("#delete-chapter").click()
+    page.locator("#confirm-delete-yes").click()
+    expect(status(page)).to_contain_text("“Chapter 2” moved to the trash")
+    expect(editor(page)).to_have_value(stopped)
+    assert _head_text(projects, "Path Book") == stopped
+
+    set_max_tokens(page, 1024)
+    page.locator("#continue").click()                             # close mid-passage
+    expect(editor(page)).to_have_value(re.compile(re.escape(stopped) + r".{4,}", re.S),
+                                       timeout=60_000)
+    page.close()
+    page = ctx.new_page()
+    page.set_default_timeout(90_000)
+    page.goto(url)                                                # reopen: it follows
+    expect(editor(page)).to_have_value(re.compile(re.escape(stopped) + r".{4,}", re.S))
+    page.locator("#stop").click()
+    expect(status(page)).to_contain_text("Stopped", timeout=30_000)
+    expect(editor(page)).to_be_editable()
+    final = editor(page).input_value()
+    assert _wait_on_disk(page, projects, "Path Book", lambda t: t == final) == final
+    ctx.close()

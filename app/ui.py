@@ -341,11 +341,17 @@ def build(lib: Library) -> gr.Blocks:
                 raise NovelError("Pick a chapter first.")
             return cid
 
-        def on_pick_chapter(name, cid):
-            # Another chapter picked: a pending delete question no longer applies.
-            return (*chapter_action(lambda n, c: c, "")(name, cid), gr.Row(visible=False), None)
+        def on_pick_chapter(name, cid, pending):
+            # Another chapter picked: a pending delete question no longer applies. (The
+            # same one, e.g. a pick processed after the Delete press that followed it,
+            # keeps the question.)
+            other = pending is not None and pending != cid
+            return (*chapter_action(lambda n, c: c, "")(name, cid),
+                    gr.Row(visible=False) if other else gr.update(),
+                    None if other else pending)
 
-        picked_chapter = chapter_radio.input(on_pick_chapter, [novel_dd, chapter_radio],
+        picked_chapter = chapter_radio.input(on_pick_chapter,
+                                             [novel_dd, chapter_radio, pending_delete],
                                              chapter_outputs + [confirm_row, pending_delete])
         add_btn.click(chapter_action(lambda n, cid: n.add_chapter(""), "Chapter added."),
                       [novel_dd, chapter_radio], chapter_outputs)

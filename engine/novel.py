@@ -663,12 +663,12 @@ class Novel:
                 f"{' with the prompt' if prompt.strip() else ''}; a chapter holds at most "
                 f"{MAX_CHAPTER_CHARS:,}): start a new chapter to write on.")
         lm = self.model.get()
-        if prompt.strip():
-            self.store.new_revision(chapter_id, base, "writer", "prompt")
         sampling = sampling.resolved()
         settings = self.thought_settings()
         adapter, adapter_key = self._self_commentary(lm, settings)  # self mode: tuned model
         self_mode = adapter_key is not None
+        if prompt.strip():  # only once every check above has passed
+            self.store.new_revision(chapter_id, base, "writer", "prompt")
         if (settings["on"] and settings["plan_first"] and not self_mode
                 and not self._cancel.is_set()):
             yield Event(text=base, status="Planning the next passage…")

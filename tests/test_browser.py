@@ -82,5 +82,5 @@ def test_chapters_add_rename_reorder_delete(app_server, page):
     expect(page.locator("#chapters")).to_contain_text("The Storm")
     page.locator("#delete-chapter").click()
     page.locator("#confirm-delete-yes").click()
-    expect(status(page)).to_contain_text("Chapter deleted")
+    expect(status(page)).to_contain_text("moved to the trash")
     expect(page.locator("#chapters")).not_to_contain_text("The Storm")

@@ -287,3 +287,18 @@ def test_the_whole_writers_path(app_server, browser, tmp_path):
     final = editor(page).input_value()
     assert _wait_on_disk(page, projects, "Path Book", lambda t: t == final) == final
     ctx.close()
+
+
+def test_notes_follow_undo_and_redo(app_server, page):
+    url, _ = app_server
+    start_chapter(page, url, "Undo Notes Book")
+    continue_and_wait(page)
+    notes = page.locator("#thoughts-list")
+    expect(notes).to_contain_text("💭", timeout=60_000)
+    page.locator("#undo").click()
+    expect(editor(page)).to_have_value(OPENING)
+    expect(notes).not_to_contain_text("💭")  # the passage's notes go with it
+    page.reload()
+    expect(page.locator("#thoughts-list")).not_to_contain_text("💭")
+    page.locator("#redo").click()
+    expect(page.locator("#thoughts-list")).to_contain_text("💭")

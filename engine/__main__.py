@@ -333,7 +333,10 @@ def _every(text):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(argv=None) -> argparse.ArgumentParser:
+    """The command line's parser. With ``argv`` only the bench/train/score module that
+    argv names is imported (for its flags); the others' help comes from their docstring
+    (so --help, list and the rest run without torch). Without it, every module is."""
     from .writer import MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE
 
     ap = _Parser(prog="python -m engine",
@@ -450,29 +453,52 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    _subcommands(p.add_subparsers(dest="bench", required=True), "evals", BENCHES, cmd_bench)
+    _subcommands(p.add_subparsers(dest="bench", required=True), "evals", BENCHES, cmd_bench,
+                 _chosen(argv, "bench"))
 
     if importlib.util.find_spec("engine.score") is not None:
-        score = importlib.import_module(".score", __package__)
         p = sub.add_parser("score", help="log-probabilities of a text continuing the novel")
         _model_arg(p)
-        score.add_arguments(p)
+        if argv is None or _chosen(argv, None) == "score":
+            importlib.import_module(".score", __package__).add_arguments(p)
         p.set_defaults(fn=cmd_score)
 
     p = sub.add_parser("train", help="teach the model: thoughts (inline margin notes), memory, "
                                      "knn (the kNN memory's read gate)")
-    _subcommands(p.add_subparsers(dest="what", required=True), "train", TRAINERS, cmd_train)
+    _subcommands(p.add_subparsers(dest="what", required=True), "train", TRAINERS, cmd_train,
+                 _chosen(argv, "train"))
     return ap
 
 
-def _subcommands(sub, package: str, names, fn) -> None:
+def _chosen(argv, command: str | None):
+    """The word after ``command`` in argv (with None: the command itself), ignoring
+    options; True when argv is None (every module is imported)."""
+    if argv is None:
+        return True
+    words = [a for a in argv if not a.startswith("-")]
+    if command is None:
+        return words[0] if words else None
+    return words[1] if len(words) > 1 and words[0] == command else None
+
+
+def _doc_line(package: str, name: str) -> str:
+    """The first line of engine/PACKAGE/NAME.py's docstring, read without importing it."""
+    import ast
+
+    path = Path(__file__).resolve().parent / package / f"{name}.py"
+    doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    return (doc.strip().splitlines() or [""])[0]
+
+
+def _subcommands(sub, package: str, names, fn, chosen=True) -> None:
     """One subcommand per module engine/PACKAGE/NAME.py (add_arguments(parser), run(args)),
-    its help the first line of the module's docstring."""
+    its help the first line of the module's docstring. Only the ``chosen`` one (True:
+    all) is imported, for its flags."""
     for name in names:
-        mod = importlib.import_module(f".{package}.{name}", __package__)
-        p = sub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0])
+        p = sub.add_parser(name, help=_doc_line(package, name))
         _model_arg(p)
-        mod.add_arguments(p)
+        if chosen is True or chosen == name:
+            importlib.import_module(f".{package}.{name}", __package__).add_arguments(p)
         p.set_defaults(fn=fn)
 
 
@@ -502,7 +528,7 @@ def main(argv=None) -> int:
     from .store import ProjectError
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser().parse_args(argv)
+    args = parser(argv).parse_args(argv)
     try:
         return args.fn(args)
     except (ProjectError, ModelError, ValueError, OSError) as e:

@@ -142,6 +142,17 @@ class LoadedModel:
         return int(min(n, 32768))
 
     @property
+    def shape(self) -> tuple[int, int, int]:
+        """(depth, kv_heads, head_dim): the model's layers, key/value heads per layer and
+        the size of one head, from its config."""
+        cfg = self.model.config
+        cfg = getattr(cfg, "text_config", None) or cfg
+        heads = cfg.num_attention_heads
+        kv = getattr(cfg, "num_key_value_heads", None) or heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        return cfg.num_hidden_layers, kv, head_dim
+
+    @property
     def eos_ids(self) -> set[int]:
         ids = set()
         for source in (self.model.generation_config.eos_token_id if
@@ -168,13 +179,25 @@ class LoadedModel:
                    fingerprint=fp)
 
 
+def model_shape(lm) -> tuple[int, int, int]:
+    """(depth, kv_heads, head_dim) of a loaded model: ``lm.shape``."""
+    return lm.shape
+
+
+def load_tiny() -> LoadedModel:
+    """The tiny random test model (engine/tiny.py) as a LoadedModel."""
+    from .tiny import tiny_model
+
+    model, tok = tiny_model()
+    return LoadedModel.wrap(model, tok, "tiny")
+
+
 def load(spec: str | None = None, device: str | None = None) -> LoadedModel:
     """Load a model by spec; CUDA in bf16 when present, else CPU in fp32."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if (spec or "").strip() == "tiny":  # a random test model built in code
-        from .tiny import load_tiny
         return load_tiny()
     src = resolve(spec)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

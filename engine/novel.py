@@ -816,7 +816,7 @@ class Novel:
             if lm is not None:
                 self._self_commentary(lm, {**s, "on": True})
             elif s["adapter"]:  # the model is still loading: check what can be checked
-                from .train.lora import AdapterError, read_config
+                from .adapters import AdapterError, read_config
                 try:
                     read_config(s["adapter"])
                 except AdapterError as e:
@@ -828,8 +828,7 @@ class Novel:
         (nullcontext, None) otherwise. A model tuned whole needs no adapter."""
         if not (settings["on"] and settings.get("mode") == "self"):
             return nullcontext, None
-        from .train.lora import AdapterError
-        from .train.thoughts import adapter_for
+        from .adapters import AdapterError, adapter_for
         try:
             lora = adapter_for(lm, settings.get("adapter") or None)
         except AdapterError as e:

@@ -123,7 +123,7 @@ def matrix_tokens_for(lm, past_ids, args):
 
     adapter = None
     if getattr(args, "matrix_adapter", None):
-        from .train.memory import load_adapter
+        from .memory.matrix_adapter import load_adapter
         adapter = load_adapter(args.matrix_adapter, lm)
         settings = adapter.settings
     else:
@@ -258,7 +258,7 @@ def score_tokens(lm, past_ids, ids, window: int, store=None, settings=None,
 
 def run(args) -> int:
     from .importing import decode_text, read_bytes
-    from .memory.knn import ensure_store, model_shape
+    from .memory.knn_index import ensure_store
     from .models import load
 
     t0 = time.perf_counter()
@@ -270,7 +270,7 @@ def run(args) -> int:
         raise ValueError(f"{path.name} holds no text to score.")
     manuscript = read_manuscript(args.project)
     lm = load(getattr(args, "model", None))
-    depth = model_shape(lm)[0]
+    depth = lm.shape[0]
     settings = settings_from_args(args, depth=depth)  # bad layers: refused before any work
     if args.memory in ("matrix", "all") and getattr(args, "matrix_layer", None) is not None \
             and not 0 <= args.matrix_layer < depth:

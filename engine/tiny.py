@@ -1,7 +1,8 @@
 """A tiny random Llama with a byte-level tokenizer, built in code (no download).
 
 Tests and benchmarks of the machinery use it where the real model's behaviour
-does not matter; ``python -m engine`` accepts ``--model tiny`` too.
+does not matter; ``python -m engine`` accepts ``--model tiny`` too
+(``engine.models.load_tiny`` wraps it as a LoadedModel).
 """
 from __future__ import annotations
 
@@ -48,10 +49,3 @@ def tiny_model(seed: int = 0, layers: int = 4, hidden: int = 64, heads: int = 4,
         model.lm_head.weight[:3] = 0.0
         model.lm_head.weight[:3, 0] = -5.0
     return model, tok
-
-
-def load_tiny():
-    from .models import LoadedModel
-
-    model, tok = tiny_model()
-    return LoadedModel.wrap(model, tok, "tiny")

@@ -13,8 +13,6 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
-import torch
-
 PREFILL_CHUNK = 512
 
 
@@ -118,6 +116,8 @@ class PrefixCache:
 
 def _sample(logits: torch.Tensor, recent: list[int], s: Sampling,
             gen: torch.Generator) -> int:
+    import torch
+
     logits = logits.float()
     if s.repetition_penalty > 1.0 and recent:
         idx = torch.tensor(sorted(set(recent)), dtype=torch.long, device=logits.device)
@@ -144,6 +144,7 @@ def stream(lm, prompt_ids: list[int], sampling: Sampling, cancel: threading.Even
     ``forward_context`` is a zero-argument callable returning a context manager that
     wraps every forward pass (the memory attention hooks in there).
     """
+    import torch
     from transformers import DynamicCache
 
     s = sampling.resolved()

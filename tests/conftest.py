@@ -20,7 +20,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 @pytest.fixture(scope="session")
 def tiny_lm():
-    from engine.tiny import load_tiny
+    from engine.models import load_tiny
 
     return load_tiny()
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from engine.memory import attention
-from engine.memory.knn import KNNSettings, KNNStore, ensure_store, new_store, store_folder
+from engine.memory.knn import KNNSettings, KNNStore, new_store, store_folder
+from engine.memory.knn_index import ensure_store
 from engine.store import Store
-from engine.tiny import load_tiny
+from engine.models import load_tiny
 
 TEXT = ("The lighthouse keeper Orrin Vale counted ships at dusk. His sister Maelis "
         "mended nets below the cliff and sang about the drowned bells of Kestrow. ") * 3

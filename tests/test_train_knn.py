@@ -6,7 +6,7 @@ import torch
 from engine.__main__ import main
 from engine.memory.attention import index_tokens, knn_memory
 from engine.memory.knn import KNNSettings, new_store
-from engine.tiny import load_tiny
+from engine.models import load_tiny
 from engine.train.knn import GateError, load_gates, train
 
 TEXT = ("Orrin Vale kept the lighthouse at Kestrow. His sister Maelis mended nets and "

@@ -92,9 +92,9 @@ def retrieval_speed(lm, settings, sizes=(10_000, 100_000, 1_000_000), tokens=200
     import torch
 
     from ..memory.attention import _Pool, _rerank_heads, _unique_rows, searching_layers
-    from ..memory.knn import KNNStore, model_shape
+    from ..memory.knn import KNNStore
 
-    depth, kv, hd = model_shape(lm)
+    depth, kv, hd = lm.shape
     heads = lm.model.config.num_attention_heads
     groups = heads // kv
     layers = settings.read_layers(depth) if settings.mode == "attend" else (0,)

@@ -53,7 +53,6 @@ def evaluate(states, n_written, settings) -> dict:
 
 def run(args) -> int:
     from ..memory.attention import layer_states
-    from ..memory.knn import model_shape
     from ..memory.matrix import MatrixSettings
     from ..models import load
     from ._book import encode_chapters, renamed_chapters
@@ -61,7 +60,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     lm = load(getattr(args, "model", None))
     base = MatrixSettings(layer=args.layer, slots=args.slots)
-    layer = base.resolved_layer(model_shape(lm)[0])
+    layer = base.resolved_layer(lm.shape[0])
     n = args.written + args.unseen
     ids = []
     for c in encode_chapters(lm, [t for t, _ in renamed_chapters()]):

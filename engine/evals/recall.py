@@ -73,7 +73,7 @@ def full_context_logprobs(lm, past, ids, limit):
 
 def run(args) -> int:
     from ..memory.attention import index_tokens
-    from ..memory.knn import KNNStore, model_shape
+    from ..memory.knn import KNNStore
     from ..models import load
     from ..score import matrix_tokens_for, score_tokens, settings_from_args
     from ._book import renamed_chapters
@@ -88,7 +88,7 @@ def run(args) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     settings = {m: base.with_(mode=m) for m in modes}
     extra = [m.strip() for m in args.matrix.split(",") if m.strip()]
-    depth, kv, hd = model_shape(lm)
+    depth, kv, hd = lm.shape
     layers = sorted({l for s in settings.values() for l in s.read_layers(depth)})
     past_all = [t for ids, _ in chapters[:max(ks)] for t in ids]
     store_all = KNNStore(None, layers, kv, hd, lm.fingerprint, base, depth)

@@ -92,7 +92,7 @@ def run(args) -> int:
 
     from ..context import encode
     from ..memory.attention import index_tokens, knn_memory
-    from ..memory.knn import KNNStore, model_shape
+    from ..memory.knn import KNNStore
     from ..models import load
     from ..score import settings_from_args
 
@@ -103,7 +103,7 @@ def run(args) -> int:
     if getattr(args, "knn_preset", None) is None:
         base = base.with_(preset="steer")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    depth, kv, hd = model_shape(lm)
+    depth, kv, hd = lm.shape
     layers = sorted({l for m in modes for l in base.with_(mode=m).read_layers(depth)})
     stores = {}
     for view, text in MEMORY.items():

@@ -46,7 +46,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from .knn import KNNSettings, KNNStore, model_shape
+from .knn import KNNSettings, KNNStore
 
 _local = threading.local()
 PREFIX = "mnemosyne_"
@@ -124,7 +124,7 @@ class _Read:
         self.store = store if store is not None and len(store) else None
         self.settings = settings
         self.offset, self.horizon, self.window = offset, horizon, window
-        self.depth = model_shape(lm)[0]
+        self.depth = lm.shape[0]
         layers = settings.read_layers(self.depth) if self.store is not None else ()
         if self.store is not None:
             missing = set(layers) - set(self.store.layers)
@@ -134,7 +134,7 @@ class _Read:
         self.layers = set(layers)
         self.inv_freq = rotary_inv_freq(lm)
         if gates is None and settings.gate and settings.gate_file and self.layers:
-            from ..train.knn import load_gates
+            from .knn_gate import load_gates
             gates = load_gates(settings.gate_file, lm, sorted(self.layers))
         self.gates = gates
         self.queries: dict = {}  # inject: layer -> {local position: (B, H, d) query}
@@ -748,10 +748,8 @@ def attention_module(lm, layer: int):
 def project_tokens(lm, layer: int, x: torch.Tensor):
     """Hidden states x (r, hidden) -> (keys, values) (kv_heads, r, head_dim) through the
     layer's own projections, un-rotated (Llama family incl. k_norm; GPT-2's c_attn)."""
-    from .knn import model_shape
-
     module = attention_module(lm, layer)
-    _, kv, hd = model_shape(lm)
+    _, kv, hd = lm.shape
     w = next(module.parameters())
     x = x.to(device=w.device, dtype=w.dtype)
     if hasattr(module, "k_proj"):

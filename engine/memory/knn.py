@@ -568,86 +568,12 @@ def _alive(pid: int, path: Path) -> bool:
     return True
 
 
-# -- the one entry point the engine calls --------------------------------------------------
+# -- a store for a model (engine/memory/knn_index.py keeps it in line with a book) ------
 def store_folder(project_folder: Path) -> Path:
     return Path(project_folder) / "memory" / KNN_DIR
 
 
-def model_shape(lm) -> tuple[int, int, int]:
-    """(depth, kv_heads, head_dim) of a loaded model, from its config."""
-    cfg = lm.model.config
-    cfg = getattr(cfg, "text_config", None) or cfg
-    depth = cfg.num_hidden_layers
-    heads = cfg.num_attention_heads
-    kv = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    return depth, kv, head_dim
-
-
 def new_store(folder, lm, settings: KNNSettings) -> KNNStore:
-    depth, kv, hd = model_shape(lm)
+    depth, kv, hd = lm.shape
     return KNNStore(folder, settings.read_layers(depth), kv, hd, lm.fingerprint,
                     settings, depth)
-
-
-def ensure_store(folder, lm, token_ids, settings: KNNSettings | None = None,
-                 progress=True, save: bool = True, store: KNNStore | None = None) -> KNNStore:
-    """Load the store at ``folder`` (a project folder or its memory/knn folder) and
-    bring it in line with ``token_ids`` (the whole manuscript, in order).
-
-    Foreign (other model, other layers), missing or corrupt stores are rebuilt from
-    scratch; otherwise the longest common prefix of stored and current tokens is
-    kept, and everything after it (edits, deletions, new text) is re-indexed, with
-    ``overlap`` tokens of real context before it. ``store``: one already loaded
-    (and trusted) for this folder, used instead of reading the files again.
-    ``progress``: a bool (tqdm bar) or a callable(done, total).
-    """
-    from .attention import index_tokens
-
-    settings = settings or KNNSettings()
-    folder = Path(folder)
-    if (folder / "novel.db").exists() or folder.name != KNN_DIR:
-        folder = store_folder(folder)
-    clean_stale(folder)
-    depth, kv, hd = model_shape(lm)
-    ids = np.asarray(list(token_ids), np.int64)
-    try:
-        if store is not None and (store.fingerprint != lm.fingerprint or
-                                  store.saved_stamp != settings.stamp(depth)):
-            store = None
-        store = store or KNNStore.load(folder, settings)
-        if store.fingerprint != lm.fingerprint or store.saved_stamp != settings.stamp(depth):
-            log.warning("kNN store at %s was made by another model or settings: rebuilding",
-                        folder)
-            store = None
-    except StoreError as e:
-        if folder.exists() or folder.with_name(folder.name + ".old").exists():
-            log.warning("kNN store at %s cannot be trusted (%s): rebuilding", folder, e)
-        store = None
-    if store is None:
-        store = new_store(folder, lm, settings)
-    store.settings = settings
-    n = len(store)
-    common = _common_prefix(store.tokens, ids)
-    if common < n:
-        store.truncate(common)
-    changed = common < n or common < len(ids)
-    if common < len(ids):
-        start = common
-        prefix = ids[max(0, start - settings.overlap):start].tolist()
-        index_tokens(lm, store, ids[start:].tolist(), positions=range(start, len(ids)),
-                     progress=progress, prefix=prefix)
-    if changed or not (folder / "meta.json").exists():
-        store.build_index()
-        if save:
-            store.save(folder)
-    store.saved_stamp = settings.stamp(depth)
-    return store
-
-
-def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    diff = np.nonzero(a[:n] != b[:n])[0]
-    return int(diff[0]) if diff.size else n

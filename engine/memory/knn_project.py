@@ -24,7 +24,8 @@ import threading
 from pathlib import Path
 
 from ..context import encode
-from .knn import KNNSettings, StoreError, ensure_store, model_shape, store_folder
+from .knn import KNNSettings, StoreError, store_folder
+from .knn_index import ensure_store
 
 SETTING = "knn"
 
@@ -67,7 +68,7 @@ class ProjectKNN:
 
     def _depth(self) -> int:
         try:
-            return model_shape(self.novel.model.get(timeout=0))[0]
+            return self.novel.model.get(timeout=0).shape[0]
         except Exception:  # noqa: BLE001 - model still loading: show what is stored
             return 0
 
@@ -86,7 +87,7 @@ class ProjectKNN:
             ids = self.tokens(lm)
             cur = self._store
             if cur is not None and (cur.fingerprint != lm.fingerprint or
-                                    cur.saved_stamp != settings.stamp(model_shape(lm)[0])):
+                                    cur.saved_stamp != settings.stamp(lm.shape[0])):
                 cur = None
             lock = _Null() if locked else lm.lock
             with lock:

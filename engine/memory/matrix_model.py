@@ -3,16 +3,13 @@ memory tokens of its layer (CountSketch or a trained adapter). Used by a novel's
 matrix (matrix_project.py), the score CLI and the benchmarks."""
 from __future__ import annotations
 
-import torch
-
 from .matrix import MatrixSettings, MemoryMatrix
 
 SEGMENT = 256  # tokens per write when a text is written segment by segment
 
 
 def depth(lm) -> int:
-    from .knn import model_shape
-    return model_shape(lm)[0]
+    return lm.shape[0]
 
 
 def write_ids(lm, mm: MemoryMatrix, ids, segment: int = SEGMENT, chapter: int = 0,
@@ -47,6 +44,8 @@ def matrix_of(lm, ids, settings: MatrixSettings | None = None, segment: int = SE
 def read_tokens(lm, mm: MemoryMatrix, adapter=None) -> dict:
     """{layer: MatrixTokens} for ``matrix_tokens``: the summary rows projected by the
     layer's own key/value maps (no gradient)."""
+    import torch
+
     from .attention import MatrixTokens, project_tokens, rotary_inv_freq
 
     layer = mm.settings.resolved_layer(depth(lm))

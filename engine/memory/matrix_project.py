@@ -74,7 +74,7 @@ class ProjectMatrix:
         if adapter is not None:
             d["adapter"] = str(adapter).strip() or None
             if d["adapter"]:
-                from ..train.memory import load_adapter
+                from .matrix_adapter import load_adapter
                 load_adapter(d["adapter"], self.novel.model.get(timeout=0))  # raises clearly
         self.novel.store.set_setting(SETTING, d)
         self._adapter = None
@@ -88,7 +88,7 @@ class ProjectMatrix:
         return d
 
     def _depth(self) -> int:
-        from .knn import model_shape
+        from ..models import model_shape
         try:
             return model_shape(self.novel.model.get(timeout=0))[0]
         except Exception:  # noqa: BLE001 - model still loading
@@ -99,7 +99,7 @@ class ProjectMatrix:
         return Path(self.novel.folder) / "memory" / "matrix.safetensors"
 
     def _stamp(self, lm) -> dict:
-        from .knn import model_shape
+        from ..models import model_shape
         return {"model": lm.fingerprint, "segment": SEGMENT,
                 **self.settings().write_stamp(model_shape(lm)[0])}
 
@@ -293,7 +293,7 @@ class ProjectMatrix:
         if not path:
             return None
         if self._adapter is None:
-            from ..train.memory import load_adapter
+            from .matrix_adapter import load_adapter
             try:
                 self._adapter = load_adapter(path, lm)
             except MatrixError as e:

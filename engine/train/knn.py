@@ -16,11 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..memory.knn_gate import GateError, load_gates  # noqa: F401 (the file's format)
+
 MIN_PAST = 512  # stored tokens a step's memory holds at least
-
-
-class GateError(ValueError):
-    """A gate file that cannot be used with this model: the message says why."""
 
 
 def add_arguments(p) -> None:
@@ -48,40 +46,17 @@ def save_gates(path: Path, bias: torch.Tensor, layers, lm, meta: dict) -> None:
     tmp.replace(path)
 
 
-def load_gates(path, lm, layers) -> dict:
-    """{layer: (H,) bias} from a gate file, checked against this model and ``layers``."""
-    from safetensors import safe_open
-
-    p = Path(path)
-    if not p.is_file():
-        raise GateError(f"no gate file at {p}: train one with 'python -m engine train knn'")
-    try:
-        with safe_open(str(p), "pt") as f:
-            meta, bias = f.metadata() or {}, f.get_tensor("bias")
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
-        raise GateError(f"the gate file {p} is unreadable or corrupt") from e
-    if meta.get("fingerprint") != lm.fingerprint:
-        raise GateError(f"the gate file {p} was trained for another model")
-    saved = [int(x) for x in meta.get("layers", "").split(",") if x]
-    heads = lm.model.config.num_attention_heads
-    if saved != list(layers) or tuple(bias.shape) != (len(saved), heads):
-        raise GateError(f"the gate file {p} is for memory layers {saved}, not {list(layers)}")
-    if not torch.isfinite(bias).all():
-        raise GateError(f"the gate file {p} holds NaN or infinite values")
-    return {l: bias[i].float() for i, l in enumerate(saved)}
-
-
 def train(lm, corpus, out: Path, steps=60, lr=0.1, seed=0, window=256, segment=256,
           init=-2.0, progress=True, settings=None) -> dict:
     from tqdm.auto import tqdm
 
     from ..memory.attention import index_tokens, knn_memory
-    from ..memory.knn import KNNSettings, model_shape, new_store
+    from ..memory.knn import KNNSettings, new_store
     from .memory import corpus_ids
 
     torch.manual_seed(seed)
     settings = (settings or KNNSettings()).with_(mode="attend", gate=True)
-    layers = settings.read_layers(model_shape(lm)[0])
+    layers = settings.read_layers(lm.shape[0])
     ids = corpus_ids(lm, corpus)
     need = MIN_PAST + window + segment + 1
     if len(ids) < need:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from ..thoughts import (BEGIN, END, NOTE_SAMPLING, NOTE_TOKENS, escape_prose, inline,
                         note_prompt_ids, tidy_note, write_note)
-from .lora import WEIGHTS, AdapterError, LoRA, read_config
+from ..adapters import (WEIGHTS, AdapterError, LoRA, adapter_for,  # noqa: F401
+                        default_dir, read_config, tuned_in)
 
 NOTES, JSONL, CKPT = "notes.jsonl", "augmented.jsonl", "checkpoint"
 # How the corpus is cut; an adapter records its own so --eval-only holds out the same text.
@@ -405,34 +406,6 @@ def evaluate(lm, paras, lora=None, max_new_tokens: int = 64, batch: int = 8,
     outs = continuations(lm, paras, lora, max_new_tokens, batch, progress)
     return {**summarize(outs), "seconds": round(time.perf_counter() - t0, 1),
             "samples": outs[:3]}
-
-
-# -- self-commentary -------------------------------------------------------------------
-def default_dir(lm) -> Path:
-    """Where ``train thoughts`` puts the adapter, and where self mode looks by default."""
-    from ..models import cache_dir
-
-    return cache_dir() / "adapters" / f"thoughts-{lm.fingerprint}"
-
-
-def tuned_in(lm) -> bool:
-    """Whether the model itself was tuned with ``--mode full`` (needs no adapter)."""
-    return bool(getattr(lm.model.config, "mnemosyne_thoughts", None))
-
-
-def adapter_for(lm, path: str | None = None) -> LoRA | None:
-    """The thought adapter self mode applies to ``lm``: the one at ``path``, else the
-    default one for this model; None when the model itself is tuned. AdapterError
-    (one sentence) when there is none or it is damaged or foreign."""
-    if not path and tuned_in(lm) and not (default_dir(lm) / WEIGHTS).is_file():
-        return None
-    folder = Path(path).expanduser() if path else default_dir(lm)
-    if not path and not folder.is_dir():
-        raise AdapterError(f"Self-commentary needs a thought adapter for {lm.name}: train "
-                           "one with 'python -m engine train thoughts --corpus FILE' (saved "
-                           "where self mode looks), or name its folder with 'python -m "
-                           "engine write --thought-adapter DIR'.")
-    return LoRA.load(folder, lm)
 
 
 # -- the command -----------------------------------------------------------------------

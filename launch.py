@@ -139,11 +139,14 @@ def _preload_embedder() -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
+    from app.actions import configure_logging
     from app.ui import build
     from engine.models import ModelSlot
     from engine.novel import Library
 
     lib = Library(args.projects_dir, ModelSlot(args.model).start())
+    # Internal errors of the page go to stderr and <projects dir>/mnemosyne.log.
+    configure_logging(lib.root)
     threading.Thread(target=_preload_embedder, daemon=True, name="embedder-loader").start()
     demo = build(lib)
     # Blocks(delete_cache=...) as a setting of the served app: uploads and downloads do

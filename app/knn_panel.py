@@ -2,9 +2,13 @@
 Layout and wiring only; every action is a Novel call (engine/memory/knn_project.py)."""
 from __future__ import annotations
 
+import functools
+
 import gradio as gr
 
-from app.messages import USER_ERRORS, err, ok
+from app.actions import action
+from app.messages import ok
+from app.views import name_of
 from engine.memory.knn_project import layers_text
 
 
@@ -45,32 +49,27 @@ def wire(lib, k: dict, novel_dd, opened: list) -> None:
         return (s["on"], layers_text(s["layers"]) if s["layers"] else "", s["k"],
                 _info_line(novel.knn_info()), msg)
 
-    def on_apply(name, on, layers, kk):
-        if not name:
-            return view(name, err("Open a novel first."))
-        try:
-            novel = lib.open(name)
-            novel.set_knn_settings(bool(on), layers or "", int(kk))
-            s = novel.knn_settings()
-        except USER_ERRORS as e:
-            return view(name, err(e))
-        where = layers_text(s["layers"]) if s["layers"] else "default layers"
-        return view(name, ok(f"Long memory {'on' if on else 'off'}: {where}, k {s['k']}."))
+    # On an error the panel shows the novel's settings as they are, and the message.
+    act = functools.partial(action, len(outs), 4, lib=lib,
+                            on_error=lambda msg, name, *rest: view(name, msg))
 
-    def on_rebuild(name, progress=gr.Progress()):
-        if not name:
-            return view(name, err("Open a novel first."))
-        try:
-            novel = lib.open(name)
-            progress(0, desc="Indexing the manuscript")
-            info = novel.rebuild_knn(lambda done, total: progress(
-                done / max(1, total), desc=f"Indexing {done:,}/{total:,} tokens"))
-        except USER_ERRORS as e:
-            return view(name, err(e))
-        return view(name, ok(f"Rebuilt: {info['tokens']:,} tokens."))
+    @act()
+    def on_apply(novel, on, layers, kk):
+        novel.set_knn_settings(bool(on), layers or "", int(kk))
+        s = novel.knn_settings()
+        where = layers_text(s["layers"]) if s["layers"] else "default layers"
+        return view(name_of(novel),
+                    ok(f"Long memory {'on' if on else 'off'}: {where}, k {s['k']}."))
+
+    @act()
+    def on_rebuild(novel, progress=gr.Progress()):
+        progress(0, desc="Indexing the manuscript")
+        info = novel.rebuild_knn(lambda done, total: progress(
+            done / max(1, total), desc=f"Indexing {done:,}/{total:,} tokens"))
+        return view(name_of(novel), ok(f"Rebuilt: {info['tokens']:,} tokens."))
 
     for ev in opened:
-        ev.then(view, novel_dd, outs)
+        ev.then(action(len(outs), 4)(view), novel_dd, outs)
     k["apply"].click(on_apply, [novel_dd, k["on"], k["layers"], k["k"]], outs)
     k["on"].input(on_apply, [novel_dd, k["on"], k["layers"], k["k"]], outs)
     k["rebuild"].click(on_rebuild, novel_dd, outs)

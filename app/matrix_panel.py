@@ -4,13 +4,17 @@ plot of slot usage over the chapters behind "Engineering details". Layout and wi
 only; every action is a Novel call (engine/memory/matrix_project.py)."""
 from __future__ import annotations
 
+import functools
 import html
 import math
 
 import gradio as gr
 
+from app.actions import action
 from app.memory_panel import chapter_name
-from app.messages import USER_ERRORS, err, ok
+from app.messages import ok
+from app.views import name_of
+from engine.errors import UserError
 
 SLOTS = [1024, 2048, 4096, 8192, 16384]
 TOP_CHAPTERS = 8  # the summary names the chapters that wrote most; the rest are counted
@@ -159,33 +163,27 @@ def wire(lib, m: dict, novel_dd, opened: list) -> None:
         return (summary(usage, novel.chapters(), novel.matrix_pins(), texts),
                 heatmap(usage))
 
-    def on_apply(name, on, layer, slots, rows, adapter, progress=gr.Progress()):
-        if not name:
-            return view(name, err("Open a novel first."))
-        try:
-            novel = lib.open(name)
-            layer = None if layer is None or (isinstance(layer, float) and math.isnan(layer)) \
-                else int(layer)
-            novel.set_matrix_settings(bool(on), layer, int(slots), int(rows), adapter or "")
-            plot = plot_of(novel, progress) if on else None
-        except USER_ERRORS as e:
-            return view(name, err(e))
-        return view(name, ok(f"Memory matrix {'on' if on else 'off'}."), plot)
+    # On an error the panel shows the novel's matrix as it is, and the message.
+    act = functools.partial(action, len(outs), len(outs) - 1, lib=lib,
+                            on_error=lambda msg, name, *rest: view(name, msg))
 
-    def on_refresh(name, progress=gr.Progress()):
-        if not name:
-            return view(name, err("Open a novel first."))
-        try:
-            plot = plot_of(lib.open(name), progress)
-        except USER_ERRORS as e:
-            return view(name, err(e))
-        return view(name, "", plot)
+    @act()
+    def on_apply(novel, on, layer, slots, rows, adapter, progress=gr.Progress()):
+        layer = None if layer is None or (isinstance(layer, float) and math.isnan(layer)) \
+            else int(layer)
+        novel.set_matrix_settings(bool(on), layer, int(slots), int(rows), adapter or "")
+        plot = plot_of(novel, progress) if on else None
+        return view(name_of(novel), ok(f"Memory matrix {'on' if on else 'off'}."), plot)
 
-    def on_pin(name, memory_id, pin, progress=gr.Progress()):
-        if not name or memory_id is None:
-            return view(name, err("Choose a memory first." if name else "Open a novel first."))
-        try:
-            novel = lib.open(name)
+    @act()
+    def on_refresh(novel, progress=gr.Progress()):
+        return view(name_of(novel), "", plot_of(novel, progress))
+
+    def pinner(pin: bool):
+        @act()
+        def on_pin(novel, memory_id, progress=gr.Progress()):
+            if memory_id is None:
+                raise UserError("Choose a memory first.")
             what = html.escape(f"“{_cut(novel.memory(memory_id)['text'], 50)}”")
             if pin:
                 slots = novel.pin_matrix(memory_id)
@@ -194,30 +192,21 @@ def wire(lib, m: dict, novel_dd, opened: list) -> None:
             else:
                 novel.unpin_matrix(memory_id)
                 msg = ok(f"{what} no longer holds slots: they are free again.")
-            plot = plot_of(novel, progress)
-        except USER_ERRORS as e:
-            return view(name, err(e))
-        return view(name, msg, plot)
+            return view(name_of(novel), msg, plot_of(novel, progress))
+        return on_pin
 
-    def on_reset(name, progress=gr.Progress()):
-        if not name:
-            return view(name, err("Open a novel first."))
-        try:
-            novel = lib.open(name)
-            novel.reset_matrix()
-            plot = plot_of(novel, progress)
-        except USER_ERRORS as e:
-            return view(name, err(e))
-        return view(name, ok("The matrix was written again from the manuscript; pins kept."),
-                    plot)
+    @act()
+    def on_reset(novel, progress=gr.Progress()):
+        novel.reset_matrix()
+        return view(name_of(novel), ok("The matrix was written again from the manuscript; "
+                                       "pins kept."), plot_of(novel, progress))
 
     for ev in opened:
-        ev.then(view, novel_dd, outs)
+        ev.then(action(len(outs), len(outs) - 1)(view), novel_dd, outs)
     settings = [novel_dd, m["on"], m["layer"], m["slots"], m["rows"], m["adapter"]]
     m["apply"].click(on_apply, settings, outs)
     m["on"].input(on_apply, settings, outs)
     m["refresh"].click(on_refresh, novel_dd, outs)
-    m["pin"].click(lambda n, x, p=gr.Progress(): on_pin(n, x, True, p), [novel_dd, m["memory"]], outs)
-    m["unpin"].click(lambda n, x, p=gr.Progress(): on_pin(n, x, False, p), [novel_dd, m["memory"]],
-                     outs)
+    m["pin"].click(pinner(True), [novel_dd, m["memory"]], outs)
+    m["unpin"].click(pinner(False), [novel_dd, m["memory"]], outs)
     m["reset"].click(on_reset, novel_dd, outs)

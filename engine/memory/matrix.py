@@ -37,11 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
+
 FORMAT = 1
 BUCKETS = 64  # slot groups in the usage log (the UI's plot rows)
 
 
-class MatrixError(ValueError):
+class MatrixError(UserError, ValueError):
     """A matrix file that cannot be trusted (corrupt, foreign, wrong shape, NaN)."""
 
 

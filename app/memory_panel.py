@@ -64,14 +64,11 @@ def _chapters_of(novel, keys) -> dict[str, str]:
         if k and (hit := _KEY.match(k)):
             ids[hit.group(1)].add(int(hit.group(2)))
     names = {}
-    for kind, table in (("passage", "passages"), ("thought", "thoughts")):
+    for kind, table in (("passage", novel.store.passages), ("thought", novel.store.thoughts)):
         if not ids[kind]:
             continue
-        marks = ",".join("?" * len(ids[kind]))
-        for r in novel.store.query(
-                f"SELECT x.id, c.position, c.title FROM {table} x JOIN chapters c "
-                f"ON c.id = x.chapter_id WHERE x.id IN ({marks})", tuple(ids[kind])):
-            names[f"{kind}:{r['id']}"] = chapter_name(r["position"], r["title"])
+        for rid, r in table.chapters_of(ids[kind]).items():
+            names[f"{kind}:{rid}"] = chapter_name(r["position"], r["title"])
     return names
 
 

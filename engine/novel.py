@@ -217,9 +217,7 @@ class Novel:
         if self._busy.locked():
             raise NovelError("The model is writing; press Stop before editing.")
         base_rev = None if base_rev is None else int(base_rev)
-        if base_rev is not None and self.store.query(
-                "SELECT 1 FROM revisions WHERE id=? AND chapter_id=?",
-                (base_rev, chapter_id)) == []:
+        if base_rev is not None and not self.store.revisions.belongs(base_rev, chapter_id):
             raise NovelError(f"Revision {base_rev} is not part of chapter {chapter_id}.")
         old = self.text(chapter_id)
         head, branch = self.store.save_writer_text(chapter_id, text, base_rev, base_text)
@@ -316,8 +314,7 @@ class Novel:
         if len(chapters) != 1 or (chapters[0]["text"] or "").strip():
             return None
         cid = chapters[0]["id"]
-        revisions = self.store.query("SELECT COUNT(*) AS n FROM revisions WHERE chapter_id=?",
-                                     (cid,))[0]["n"]
+        revisions = self.store.revisions.count(cid)
         if revisions > 1 or self.thoughts.list(cid):  # an undone draft is still kept
             return None
         return cid
@@ -340,7 +337,7 @@ class Novel:
         lm = self.model.get()
         ch = self.store.chapter(chapter_id)
         budget = budget or min(DEFAULT_BUDGET, lm.context_length // 2)
-        pinned = self.store.query("SELECT id, text FROM memories WHERE pinned=1 ORDER BY id")
+        pinned = self.store.memories.pinned()
         pins = [(context.Receipt.quote(m["text"]), m["text"]) for m in pinned]
         tail = ch["text"] if base_text is None else base_text
         tail = self.thoughts.inline_tail(chapter_id, tail)  # recent thoughts stay inline
@@ -380,9 +377,7 @@ class Novel:
                 tokenizer=None) -> tuple[list, list[str]]:
         from .memory.semantic import SemanticError
         settings = self.recall_settings()
-        if not settings.enabled or not tail.strip() or not self.store.query(
-                "SELECT 1 FROM memories WHERE pinned=0 UNION ALL SELECT 1 FROM passages "
-                "UNION ALL SELECT 1 FROM thoughts LIMIT 1"):
+        if not settings.enabled or not tail.strip() or not self.store.has_recall_sources():
             return [], []  # nothing to recall: do not load the embedder for nothing
         try:
             hits = self.semantic.recall(tail, settings, exclude_text=tail[-budget * 6:],
@@ -403,10 +398,8 @@ class Novel:
     def _in_book(self):
         """A test on memory keys that is False for a passage or note of a chapter in the
         trash, or a note Undo has hidden (None when there is none of either)."""
-        trashed = {r["id"] for r in self.store.query(
-            "SELECT p.id FROM passages p JOIN chapters c ON c.id = p.chapter_id "
-            "WHERE c.deleted IS NOT NULL")}
-        hidden = ({r["id"] for r in self.store.query("SELECT id FROM thoughts")}
+        trashed = self.store.passages.trashed_ids()
+        hidden = (set(self.store.thoughts.ids())
                   - {t["id"] for t in self.thoughts.list()})
         if not trashed and not hidden:
             return None
@@ -423,8 +416,7 @@ class Novel:
     def memories(self, query: str | None = None, limit: int = 200) -> list[dict]:
         """Memories: all of the writer's (pinned first) or, with a query, the best
         matches among memories, passages and thoughts (text matches, then similar)."""
-        rows = self.store.query("SELECT id, kind, pinned, text, source FROM memories "
-                                "ORDER BY pinned DESC, id")
+        rows = self.store.memories.list()
         out = [{"key": f"memory:{r['id']}", "id": r["id"], "kind": r["kind"],
                 "pinned": bool(r["pinned"]), "text": r["text"], "source": r["source"],
                 "score": None} for r in rows]
@@ -452,21 +444,17 @@ class Novel:
         ref = ref.removeprefix("memory:")
         if not ref.isdigit():
             raise NovelError(f"'{memory_id}' is not a memory id.")
-        rows = self.store.query("SELECT * FROM memories WHERE id=?", (int(ref),))
-        if not rows:
+        row = self.store.memories.get(int(ref))
+        if row is None:
             raise NovelError(f"There is no memory {memory_id}.")
-        return rows[0]
+        return row
 
     def add_memory(self, text: str, pin: bool = False, kind: str = "fact",
                    source: str = "writer") -> int:
         text = validate_text("The memory", (text or "").strip(), MAX_MEMORY_CHARS)
         if not text:
             raise NovelError("The memory is empty; write the fact first.")
-        t = time.time()
-        with self.store.tx() as db:
-            mid = db["memories"].insert({"kind": kind, "text": text, "pinned": int(pin),
-                                         "source": source, "created": t,
-                                         "updated": t}).last_pk
+        mid = self.store.memories.add(text, kind=kind, pinned=pin, source=source)
         if pin and self._matrix.raw()["on"]:
             self.pin_matrix(mid)
         return mid
@@ -487,8 +475,7 @@ class Novel:
 
     def _set_pinned(self, ref, pinned: bool) -> int:
         mid = self._memory_id(ref) if pinned else self.memory(ref)["id"]
-        with self.store.tx() as db:
-            db["memories"].update(mid, {"pinned": int(pinned), "updated": time.time()})
+        self.store.memories.update(mid, pinned=pinned)
         return mid
 
     def pin(self, ref) -> int:
@@ -509,25 +496,22 @@ class Novel:
         if not text:
             raise NovelError("A memory cannot be empty; delete it instead.")
         memory_id = self.memory(memory_id)["id"]
-        with self.store.tx() as db:
-            db["memories"].update(memory_id, {"text": text, "updated": time.time()})
+        self.store.memories.update(memory_id, text=text)
 
     def delete_memory(self, memory_id: int) -> None:
         memory_id = self.memory(memory_id)["id"]
-        with self.store.tx() as db:
-            db.execute("DELETE FROM memories WHERE id=?", (memory_id,))
-            db.execute("DELETE FROM associations WHERE a=? OR b=?", (f"memory:{memory_id}",) * 2)
+        self.store.memories.delete(memory_id)  # with its associations
 
     def pin_sentence(self, text: str, chapter_id: int | None = None,
                      thought_id: int | None = None) -> int:
         """Pin a sentence of the manuscript (or of a thought) as written there."""
         text = (text or "").strip()
         if thought_id is not None:
-            rows = self.store.query("SELECT text FROM thoughts WHERE id=?", (thought_id,))
-            if not rows:
+            row = self.store.thoughts.get(thought_id)
+            if row is None:
                 raise NovelError(f"There is no thought {thought_id}.")
-            text = text or rows[0]["text"].strip()
-            where, kind, source = rows[0]["text"], "thought", f"thought:{thought_id}"
+            text = text or row["text"].strip()
+            where, kind, source = row["text"], "thought", f"thought:{thought_id}"
         else:
             cid = chapter_id if chapter_id is not None else self.chapter_id()
             where, kind, source = self.text(cid), "manuscript", f"chapter:{cid}"
@@ -536,9 +520,9 @@ class Novel:
         if text not in where:
             raise NovelError("That text is not in the " + ("thought." if thought_id is not None
                                                           else "chapter."))
-        same = self.store.query("SELECT id FROM memories WHERE text=?", (text,))
-        if same:
-            return self.pin(same[0]["id"])
+        same = self.store.memories.find(text)
+        if same is not None:
+            return self.pin(same)
         return self.add_memory(text, pin=True, kind=kind, source=source)
 
     def link(self, a, b) -> None:

@@ -196,14 +196,8 @@ def read_manuscript(project) -> str:
         finally:
             novel.close()
     except ImportError:
-        import sqlite3
-        con = sqlite3.connect(project / "novel.db")
-        try:
-            rows = con.execute("SELECT r.text FROM chapters c JOIN revisions r ON "
-                               "r.id = c.head_rev ORDER BY c.position").fetchall()
-        finally:
-            con.close()
-        return "\n\n".join((t or "").strip() for (t,) in rows)
+        from .store import head_texts
+        return "\n\n".join((t or "").strip() for t in head_texts(project))
 
 
 def score_tokens(lm, past_ids, ids, window: int, store=None, settings=None,

@@ -162,82 +162,55 @@ class ThoughtBook:
 
     def list(self, chapter_id: int | None = None) -> list[dict]:
         """The thoughts shown now, of one chapter or of every live one."""
-        if chapter_id is not None:
-            heads, args = "SELECT head_rev FROM chapters WHERE id=?", (chapter_id, chapter_id)
-            where = "t.chapter_id=? AND "
-        else:
-            heads, args, where = "SELECT head_rev FROM chapters WHERE deleted IS NULL", (), ""
-        return self.store.query(
-            f"WITH RECURSIVE shown(id) AS ({heads} UNION "
-            "SELECT r.parent_id FROM revisions r JOIN shown s ON r.id = s.id "
-            "WHERE r.parent_id IS NOT NULL) "
-            "SELECT t.id, t.chapter_id, t.passage_id, t.revision_id, t.anchor, t.text, "
-            f"t.created, t.updated FROM thoughts t WHERE {where}"
-            "(t.revision_id IS NULL OR t.revision_id IN (SELECT id FROM shown)) "
-            "ORDER BY t.chapter_id, t.anchor, t.id", args)
+        return self.store.thoughts.list(chapter_id)
 
     def get(self, thought_id: int) -> dict:
-        rows = self.store.query("SELECT * FROM thoughts WHERE id=?", (thought_id,))
-        if not rows:
+        row = self.store.thoughts.get(thought_id)
+        if row is None:
             from .store import ProjectError
             raise ProjectError(f"There is no thought {thought_id}.")
-        return rows[0]
+        return row
 
     def add(self, chapter_id: int, anchor: int, text: str, passage_id: int | None = None,
             author: str = "writer", revision_id: int | None = None) -> int:
         """A thought on ``revision_id`` (default: its passage's revision, else the
         chapter's head), anchored in that revision's text."""
-        from .store import ProjectError, now, validate_text
+        from .store import ProjectError, validate_text
         text = validate_text("The thought", (text or "").strip(), 5_000)
         if not text:
             raise ProjectError("The thought is empty.")
         if revision_id is None and passage_id is not None:
-            rows = self.store.query("SELECT revision_id FROM passages WHERE id=?",
-                                    (passage_id,))
-            revision_id = rows[0]["revision_id"] if rows else None
+            row = self.store.passages.get(passage_id)
+            revision_id = row["revision_id"] if row else None
         if revision_id is None:
             revision_id = self.store.chapter(chapter_id)["head_rev"]
         length = len(self.store.revision(revision_id)["text"] or "")
-        t = now()
-        with self.store.tx() as db:
-            tid = db["thoughts"].insert({"chapter_id": chapter_id, "passage_id": passage_id,
-                                         "revision_id": revision_id,
-                                         "anchor": max(0, min(int(anchor), length)),
-                                         "text": text, "created": t, "updated": t}).last_pk
-            db["thought_history"].insert({"thought_id": tid, "text": text, "author": author,
-                                          "created": t})
-        return tid
+        return self.store.thoughts.add(chapter_id, revision_id,
+                                       max(0, min(int(anchor), length)), text,
+                                       passage_id=passage_id, author=author)
 
     def edit(self, thought_id: int, text: str) -> None:
-        from .store import ProjectError, now, validate_text
+        from .store import ProjectError, validate_text
         text = validate_text("The thought", (text or "").strip(), 5_000)
         if not text:
             raise ProjectError("The thought is empty; delete it instead.")
         self.get(thought_id)
-        t = now()
-        with self.store.tx() as db:
-            db["thoughts"].update(thought_id, {"text": text, "updated": t})
-            db["thought_history"].insert({"thought_id": thought_id, "text": text,
-                                          "author": "writer", "created": t})
+        self.store.thoughts.edit(thought_id, text, author="writer")
 
     def delete(self, thought_id: int) -> None:
         self.get(thought_id)
-        with self.store.tx() as db:
-            db.execute("DELETE FROM thoughts WHERE id=?", (thought_id,))
+        self.store.thoughts.delete(thought_id)
 
     def history(self, thought_id: int) -> list[dict]:
-        return self.store.query("SELECT text, author, created FROM thought_history "
-                                "WHERE thought_id=? ORDER BY id", (thought_id,))
+        return self.store.thoughts.history(thought_id)
 
     def follow_edit(self, chapter_id: int, old: str, new: str) -> None:
         """Move the chapter's anchors along with the writer's edit of its text."""
         rows = self.list(chapter_id)
         if not rows or old == new:
             return
-        moved = {r["id"]: reanchor(old, new, r["anchor"]) for r in rows}
-        with self.store.tx() as db:
-            for tid, anchor in moved.items():
-                db["thoughts"].update(tid, {"anchor": anchor})
+        self.store.thoughts.set_anchors({r["id"]: reanchor(old, new, r["anchor"])
+                                         for r in rows})
 
     def inline_tail(self, chapter_id: int, prose: str, recent: int | None = 3) -> str:
         """The chapter text as the model reads it: its last ``recent`` thoughts inline

@@ -128,7 +128,7 @@ def continuity(lm, slot, args) -> dict:
     novel.semantic.sync()
     index_s = time.perf_counter() - t0
     for cond, (pinned, recall) in CONDITIONS.items():
-        novel.store.db.execute("DELETE FROM memories")
+        novel.store.memories.clear()
         if pinned:
             for fact, *_ in facts:
                 novel.add_memory(fact, pin=True)
@@ -183,19 +183,14 @@ def latency(lm, slot, args, sizes: list[int]) -> dict:
         cid = novel.add_chapter("Now", "Elena climbed to the lighthouse lamp room. " * 30)
         texts = [f"{_FIRST[i % 16]} {_DID[(i // 16) % 8]} {_PLACES[(i // 128) % 10]} "
                  f"in year {i // 1280}." for i in range(n)]
-        t = time.time()
-        with novel.store.tx() as db:
-            db.conn.executemany("INSERT INTO memories (kind, text, pinned, source, created, "
-                                "updated) VALUES ('fact', ?, 0, 'bench', ?, ?)",
-                                [(x, t, t) for x in texts])
-            links = rng.integers(1, n + 1, size=(n, 3))
-            db.conn.executemany("INSERT OR IGNORE INTO associations (a, b, kind, weight) "
-                                "VALUES (?, ?, 'link', 3.0)",
-                                [(f"memory:{min(i, j)}", f"memory:{max(i, j)}")
-                                 for i, row in enumerate(links, 1) for j in row if i != j])
+        novel.store.memories.add_many(texts, kind="fact", source="bench")
+        links = rng.integers(1, n + 1, size=(n, 3))
+        novel.store.associations.add_many(
+            [(f"memory:{min(i, j)}", f"memory:{max(i, j)}", 3.0)
+             for i, row in enumerate(links, 1) for j in row if i != j], kind="link", keep=True)
         vecs = rng.standard_normal((n, novel.semantic.embedder.dim)).astype(np.float32)
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-        ids = [r["id"] for r in novel.store.query("SELECT id FROM memories ORDER BY id")]
+        ids = novel.store.memories.ids()
         novel.semantic.add_vectors([("memory", i, 0, len(x)) for i, x in zip(ids, texts)], vecs)
         novel.set_recall_settings(min_score=-1.0)  # random vectors: keep the tiers busy
         settings = novel.recall_settings()

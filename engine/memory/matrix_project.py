@@ -223,9 +223,9 @@ class ProjectMatrix:
         """After a rebuild: pin each pinned memory again (its text, re-derived)."""
         pins = self.pins()
         for mid in list(pins):
-            rows = self.novel.store.query("SELECT text FROM memories WHERE id=?", (int(mid),))
-            if rows:
-                pins[mid] = self._pin_text(lm, mm, rows[0]["text"])
+            row = self.novel.store.memories.get(int(mid))
+            if row:
+                pins[mid] = self._pin_text(lm, mm, row["text"])
             else:
                 pins.pop(mid)
         self.novel.store.set_setting(PINS, pins)

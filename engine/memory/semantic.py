@@ -272,15 +272,14 @@ class Hit:
             if kind == "memory":
                 if not quoted:
                     return "your memories"
-                rows = store.query("SELECT text FROM memories WHERE id=?", (src,))
-                text = " ".join((rows[0]["text"] if rows else "").split())
+                row = store.memories.get(src)
+                text = " ".join((row["text"] if row else "").split())
                 return f"your memory “{text[:40]}{'…' if len(text) > 40 else ''}”"
-            rows = store.query(f"SELECT c.position, c.title FROM "
-                               f"{'passages' if kind == 'passage' else 'thoughts'} x "
-                               "JOIN chapters c ON c.id = x.chapter_id WHERE x.id=?", (src,))
-            if not rows:
+            table = store.passages if kind == "passage" else store.thoughts
+            row = table.chapters_of([src]).get(src)
+            if row is None:
                 return label(k)
-            pos, title = rows[0]["position"], (rows[0]["title"] or "").strip()
+            pos, title = row["position"], (row["title"] or "").strip()
             name = (title if title.lower() == f"chapter {pos}" else
                     f"Chapter {pos} “{title}”" if title else f"Chapter {pos}")
             return name if kind == "passage" else f"a margin note in {name}"
@@ -414,19 +413,15 @@ class SemanticMemory:
     def signature(self) -> str:
         """Cheap change detector over the three source tables (no text is read)."""
         parts = []
-        for table, upd in (("memories", "updated"), ("passages", "created"),
-                           ("thoughts", "updated")):
-            row = self.store.query(f"SELECT COUNT(*) n, COALESCE(MAX(id),0) m, "
-                                   f"COALESCE(SUM(id),0) s, COALESCE(MAX({upd}),0) u "
-                                   f"FROM {table}")[0]
+        for table in (self.store.memories, self.store.passages, self.store.thoughts):
+            row = table.stats()
             parts.append(f"{row['n']}.{row['m']}.{row['s']}.{row['u']}")
         return "|".join(parts)
 
     def _sources(self) -> dict[tuple[int, int], str]:
         out = {}
-        for kind, table in (("memory", "memories"), ("passage", "passages"),
-                            ("thought", "thoughts")):
-            for r in self.store.query(f"SELECT id, text FROM {table}"):
+        for kind in ("memory", "passage", "thought"):
+            for r in _table(self.store, kind).texts():
                 if (r["text"] or "").strip():
                     out[(CODES[kind], r["id"])] = r["text"]
         return out
@@ -498,8 +493,7 @@ class SemanticMemory:
                 for n in self.FILES:
                     (self.dir / n).unlink(missing_ok=True)
             self._state = None
-            with self.store.tx() as db:
-                db.execute("DELETE FROM associations WHERE kind='cooccur'")
+            self.store.associations.clear("cooccur")
             stats = self.sync(force=True)
             stats["rebuilt"] = "on request"
             return stats
@@ -570,26 +564,16 @@ class SemanticMemory:
                 mem = [(o, c) for o, c in ranked if not o.startswith("passage:")]
                 for o, c in psg[:MEMORY_TO_CHUNKS] + mem[:MEMORY_TO_MEMORIES]:
                     add(k, o, float(c))
-        with self.store.tx() as db:
-            if full:
-                db.execute("DELETE FROM associations WHERE kind='cooccur'")
-            else:
-                for p in gone_prefix:
-                    pat = p + "#%" if p.startswith("passage:") else p
-                    db.execute("DELETE FROM associations WHERE kind='cooccur' AND "
-                               "(a LIKE ? OR b LIKE ?)", (pat, pat))
-            db.conn.executemany("INSERT OR REPLACE INTO associations (a, b, kind, weight) "
-                           "VALUES (?, ?, 'cooccur', ?)",
-                           [(a, b, w) for (a, b), w in edges.items()])
+        # one transaction: every derived edge (full) or those of the changed sources
+        self.store.associations.rewrite("cooccur", edges, None if full else gone_prefix)
 
     # -- reading ------------------------------------------------------------------------------
     def text_of(self, k: str) -> str | None:
         kind, src, ch = parse_key(k)
-        table = {"memory": "memories", "passage": "passages", "thought": "thoughts"}[kind]
-        rows = self.store.query(f"SELECT text FROM {table} WHERE id=?", (src,))
-        if not rows:
+        row = _table(self.store, kind).get(src)
+        if row is None:
             return None
-        text = rows[0]["text"] or ""
+        text = row["text"] or ""
         if kind != "passage":
             return text
         span = self._state.spans.get(fid(kind, src, ch)) if self._state else None
@@ -597,10 +581,8 @@ class SemanticMemory:
             return None
         chunk = text[span[0]:span[1]]
         # A passage that was undone, retried or edited away is no longer the book.
-        head = self.store.query("SELECT r.text FROM passages p JOIN chapters c ON "
-                                "c.id = p.chapter_id JOIN revisions r ON r.id = c.head_rev "
-                                "WHERE p.id=?", (src,))
-        return chunk if head and chunk in (head[0]["text"] or "") else None
+        head = self.store.passages.head_text(src)
+        return chunk if head is not None and chunk in head else None
 
     def search(self, query: str | list[str], k: int = 10) -> list[tuple[str, float]]:
         """(key, cosine) of the k items nearest to the query (best over several queries).
@@ -624,10 +606,7 @@ class SemanticMemory:
 
     def neighbours(self, k: str, limit: int) -> list[tuple[str, str, float]]:
         """(other key, 'link'|'cooccur', weight) best first; links before co-occurrence."""
-        rows = self.store.query(
-            "SELECT CASE WHEN a=? THEN b ELSE a END other, kind, weight FROM associations "
-            "WHERE a=? OR b=? ORDER BY CASE kind WHEN 'link' THEN 0 ELSE 1 END, weight DESC, "
-            "other LIMIT ?", (k, k, k, limit * 4))
+        rows = self.store.associations.neighbours(k, limit * 4)
         seen, out = set(), []
         for r in rows:
             if r["other"] not in seen:
@@ -690,18 +669,15 @@ class SemanticMemory:
 
     def link(self, a: str, b: str, weight: float = LINK_WEIGHT) -> None:
         for k in (a, b):
-            parse_key(k)
-            if self.store.query(*_exists_sql(k)) == []:
+            kind, src, _ = parse_key(k)
+            if not _table(self.store, kind).exists(src):
                 raise SemanticError(f"There is no {label(k)}.")
         if a == b:
             raise SemanticError("A memory cannot be linked to itself.")
-        with self.store.tx() as db:
-            db.execute("INSERT OR REPLACE INTO associations (a, b, kind, weight) "
-                       "VALUES (?, ?, 'link', ?)", (min(a, b), max(a, b), weight))
+        self.store.associations.link(a, b, weight, kind="link")
 
     def unlink_all(self, k: str) -> None:
-        with self.store.tx() as db:
-            db.execute("DELETE FROM associations WHERE a=? OR b=?", (k, k))
+        self.store.associations.unlink(k)
 
     def catch_up(self) -> None:
         """Embed what is pending in a background thread, a batch at a time (the lock is
@@ -732,10 +708,10 @@ class SemanticMemory:
         return self._state.index.ntotal
 
 
-def _exists_sql(k: str):
-    kind, src, _ = parse_key(k)
-    table = {"memory": "memories", "passage": "passages", "thought": "thoughts"}[kind]
-    return f"SELECT 1 FROM {table} WHERE id=?", (src,)
+def _table(store, kind: str):
+    """The store's table of a key's kind (memory, passage, thought)."""
+    return {"memory": store.memories, "passage": store.passages,
+            "thought": store.thoughts}[kind]
 
 
 def _order(k: str):

@@ -48,7 +48,7 @@ def layout() -> dict:
 
 def wire(lib, c: dict) -> dict:
     """Events of the chapter list; returns those after which the margin notes follow
-    (picked, deleted, restored)."""
+    (picked, deleted, restored, imported)."""
     act = functools.partial(action, lib=lib)
     n_view = len(view_outputs(c))
     chapter_outputs = [*view_outputs(c), c["status"]]
@@ -127,7 +127,8 @@ def wire(lib, c: dict) -> dict:
                                       chapter_outputs + [c["trash_dd"]])
 
     # -- import / export -------------------------------------------------------------
-    @act(len(chapter_outputs), needs="Open or create a novel first.")
+    @act(len(chapter_outputs) + 1, len(chapter_outputs) - 1,
+         needs="Open or create a novel first.")
     def on_import(novel, files):
         if not files:
             raise UserError("Choose one or more .txt or .md files first.")
@@ -135,9 +136,12 @@ def wire(lib, c: dict) -> dict:
         encodings: dict = {}
         ids = novel.import_files(paths, progress=gr.Progress().tqdm, encodings=encodings)
         read = "".join(f" Read {f} as {e}." for f, e in encodings.items() if e != "utf-8")
-        return (*chapter_view(lib, novel, ids[-1]), ok(f"Imported {len(ids)} chapter(s).{read}"))
+        # the file box is emptied: a second Import must not bring the same files in again
+        return (*chapter_view(lib, novel, ids[-1]), ok(f"Imported {len(ids)} chapter(s).{read}"),
+                None)
 
-    c["import_btn"].click(on_import, [novel_dd, c["import_files"]], chapter_outputs)
+    imported = c["import_btn"].click(on_import, [novel_dd, c["import_files"]],
+                                     chapter_outputs + [c["import_files"]])
 
     def exporter(fmt):
         @act(2, 1, others={0: gr.update(visible=False)})
@@ -151,4 +155,5 @@ def wire(lib, c: dict) -> dict:
 
     c["export_md"].click(exporter("md"), novel_dd, [c["export_file"], c["status"]])
     c["export_txt"].click(exporter("txt"), novel_dd, [c["export_file"], c["status"]])
-    return {"picked_chapter": picked, "deleted": deleted, "restored": restored}
+    return {"picked_chapter": picked, "deleted": deleted, "restored": restored,
+            "imported": imported}

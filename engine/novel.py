@@ -36,10 +36,15 @@ class StaleText(NovelError):
     """save_text from a copy of the chapter that is no longer its head: the writer's text
     was kept as another version (``saved``), the head (``head``) was left as it is."""
 
-    def __init__(self, head: int, saved: int):
-        super().__init__("This chapter was changed elsewhere (another tab or window) after "
-                         "your copy was loaded: the newest text is shown, and your version "
-                         "is kept under \"Other versions\".")
+    def __init__(self, head: int, saved: int, busy: bool = False):
+        super().__init__(
+            "The model is writing in this novel; press Stop before editing. What you typed "
+            "is kept as another version (under \"Other versions\"), and the chapter is "
+            "shown as it stands."
+            if busy else
+            "This chapter was changed elsewhere (another tab or window) after your copy was "
+            "loaded: the newest text is shown, and your version is kept under \"Other "
+            "versions\".")
         self.head, self.saved = head, saved
 
 
@@ -214,15 +219,20 @@ class Novel:
         loaded from or last saved (pass back what each save returns). When the chapter
         moved on since (another tab, a Continue elsewhere), nothing is overwritten: the
         text becomes another version and StaleText is raised."""
-        if self._busy.locked():
-            raise NovelError("The model is writing; press Stop before editing.")
         base_rev = None if base_rev is None else int(base_rev)
         if base_rev is not None and not self.store.revisions.belongs(base_rev, chapter_id):
             raise NovelError(f"Revision {base_rev} is not part of chapter {chapter_id}.")
+        busy = self._busy.locked()  # typing in another tab while the model writes: kept
+        if busy and base_rev is None:  # beside the passage being written, not under it
+            head = self.store.revision(self.head(chapter_id))
+            base_rev = head["parent_id"] if head["author"] == "model" else None
         old = self.text(chapter_id)
-        head, branch = self.store.save_writer_text(chapter_id, text, base_rev, base_text)
+        head, branch = self.store.save_writer_text(chapter_id, text, base_rev, base_text,
+                                                   aside=busy)
         if branch is not None:
-            raise StaleText(head, branch)
+            raise StaleText(head, branch, busy=busy)
+        if busy:  # nothing to keep (the text is the chapter's already)
+            raise NovelError("The model is writing; press Stop before editing.")
         self.thoughts.follow_edit(chapter_id, old, text)
         return head
 

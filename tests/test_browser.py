@@ -66,6 +66,8 @@ def test_bad_project_name_is_refused(app_server, page):
 def test_chapters_add_rename_reorder_delete(app_server, page):
     url, _ = app_server
     create_novel(page, url, "Chapters Book")
+    # the new novel is open (not the last one's "Chapter 1") before a chapter is added
+    expect(status(page)).to_contain_text("Created")
     expect(page.locator("#chapters")).to_contain_text("Chapter 1")
     page.locator("#add-chapter").click()
     expect(page.locator("#chapters")).to_contain_text("2. Chapter 2")

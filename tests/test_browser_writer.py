@@ -9,7 +9,7 @@ import re
 from playwright.sync_api import expect
 
 from ui_helpers import (OPENING, continue_and_wait, create_novel, editor, on_disk,
-                        set_max_tokens, start_chapter, status, type_text)
+                        set_max_tokens, start_chapter, status, type_text, wait_ready)
 
 
 def _head_text(projects, name, chapter=0):
@@ -260,6 +260,10 @@ def test_the_whole_writers_path(app_server, browser, tmp_path):
     page.locator("#import").click()
     expect(status(page)).to_contain_text("Read harbour.txt as windows-1252")
     expect(editor(page)).to_have_value(re.compile("The caf\u00e9 on the quay"))
+    # the file box is emptied: pressing Import again does not bring the file in twice
+    page.locator("#import").click()
+    expect(status(page)).to_contain_text("Choose one or more")
+    expect(page.locator("#chapters label")).to_have_count(2)
 
     page.locator("#delete-chapter").click()                       # delete, selection moves
     expect(page.locator("#confirm-delete")).to_contain_text("Chapter 2")
@@ -280,6 +284,7 @@ def test_the_whole_writers_path(app_server, browser, tmp_path):
     page = ctx.new_page()
     page.set_default_timeout(90_000)
     page.goto(url)                                                # reopen: it follows
+    wait_ready(page)
     expect(editor(page)).to_have_value(re.compile(re.escape(stopped) + r".{4,}", re.S))
     page.locator("#stop").click()
     expect(status(page)).to_contain_text("Stopped", timeout=30_000)
@@ -299,6 +304,7 @@ def test_notes_follow_undo_and_redo(app_server, page):
     expect(editor(page)).to_have_value(OPENING)
     expect(notes).not_to_contain_text("💭")  # the passage's notes go with it
     page.reload()
+    wait_ready(page)  # Redo is pressed on the loaded page, not before it
     expect(page.locator("#thoughts-list")).not_to_contain_text("💭")
     page.locator("#redo").click()
     expect(page.locator("#thoughts-list")).to_contain_text("💭")

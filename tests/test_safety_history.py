@@ -265,3 +265,24 @@ def test_sampling_choices_are_kept_per_novel(library):
     with pytest.raises(NovelError, match="out of range"):
         a.set_writing_settings(temperature=float("nan"), top_p=0.9, max_tokens=64)
     assert a.writing_settings()["temperature"] == 0.55
+
+
+@pytest.mark.parametrize("from_old_head", [True, False])
+def test_typing_in_another_tab_while_the_model_writes_is_kept(novel, monkeypatch,
+                                                              from_old_head):
+    """Tab B types while tab A's Continue streams: B's text must not be refused and
+    lost; it is kept as another version beside the model's passage."""
+    cid = novel.add_chapter("One", "Opening.")
+    novel.set_thought_settings(on=False)
+    loaded = novel.head(cid)
+    monkeypatch.setattr(writer, "stream", fake_stream([" The model", " writes on."]))
+    gen = novel.continue_chapter(cid)
+    next(gen)  # the model is writing now
+    base = loaded if from_old_head else None
+    with pytest.raises(StaleText, match="model is writing") as err:
+        novel.save_text(cid, "Opening. Typed in tab B.", base_rev=base)
+    for _ in gen:
+        pass
+    assert novel.text(cid) == "Opening. The model writes on."
+    kept = [v for v in novel.versions(cid) if v["id"] == err.value.saved]
+    assert kept and novel.switch_version(cid, kept[0]["id"]) == "Opening. Typed in tab B."

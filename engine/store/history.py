@@ -176,7 +176,8 @@ class ChapterHistory:
         return rows[0]
 
     def save_writer_text(self, chapter_id: int, text: str, base_rev: int | None = None,
-                         base_text: str | None = None) -> tuple[int, int | None]:
+                         base_text: str | None = None,
+                         aside: bool = False) -> tuple[int, int | None]:
         """Save the writer's edit; rapid edits coalesce into one undo step (only ever into
         the head). Returns (head, branch): ``branch`` is None when the edit became (or
         changed) the head. When ``base_rev`` (the revision the writer's copy was loaded
@@ -185,7 +186,8 @@ class ChapterHistory:
         its id (or base_rev itself when the text is base_rev's, unchanged). ``base_text``:
         the text the writer's copy last had; when the head is base_rev but its text is no
         longer that (another tab coalesced into it), the edit is kept as a sibling of the
-        head instead of overwriting it."""
+        head instead of overwriting it. ``aside``: never touch the head (the model is
+        writing there); the text is kept as a branch on ``base_rev`` (default: the head)."""
         validate_text("The chapter", text, MAX_CHAPTER_CHARS)
         t = now()
         with self.tx() as db:
@@ -194,6 +196,12 @@ class ChapterHistory:
                               "WHERE id=?", (head_id,)).fetchone()
             if head[0] == text:
                 return head_id, None
+            if aside and (base_rev is None or base_rev == head_id):
+                rid = db["revisions"].insert({"chapter_id": chapter_id, "parent_id": head_id,
+                                              "text": text, "author": "writer",
+                                              "action": "edit", "created": t, "updated": t,
+                                              "visited": 0.0}).last_pk
+                return head_id, rid
             if base_rev == head_id and base_text is not None and head[0] != base_text:
                 parent = db.execute("SELECT parent_id FROM revisions WHERE id=?",
                                     (head_id,)).fetchone()[0]

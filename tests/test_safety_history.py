@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine import writer
+from engine_helpers import fake_stream
 from engine.novel import Novel, NovelError, StaleText
 from engine.thoughts import BEGIN, END
 from engine.writer import Sampling
@@ -13,20 +14,6 @@ from engine.writer import Sampling
 def run(gen):
     events = list(gen)
     return events[-1]
-
-
-def fake_stream(pieces, stop_reason="eos"):
-    def stream(lm, ids, sampling, cancel=None, prefix=None, prefix_key=None,
-               forward_context=None, result=None):
-        for p in pieces:
-            if cancel is not None and cancel.is_set():
-                result.stop_reason = "cancelled"
-                return
-            result.text += p
-            result.new_tokens += 1
-            yield p
-        result.stop_reason = stop_reason
-    return stream
 
 
 # -- 1. delete is a soft delete into a trash ------------------------------------------

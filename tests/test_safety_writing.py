@@ -10,26 +10,13 @@ import time
 import pytest
 
 from engine import writer
+from engine_helpers import fake_stream
 from engine.models import ModelSlot
 from engine.novel import LIMIT_REACHED, Novel, NovelError
 from engine.store import MAX_CHAPTER_CHARS, ProjectError, Store
 from engine.writer import Sampling
 
 from conftest import ROOT
-
-
-def fake_stream(pieces):
-    def stream(lm, ids, sampling, cancel=None, prefix=None, prefix_key=None,
-               forward_context=None, result=None):
-        for p in pieces:
-            if cancel is not None and cancel.is_set():
-                result.stop_reason = "cancelled"
-                return
-            result.text += p
-            result.new_tokens += 1
-            yield p
-        result.stop_reason = "eos"
-    return stream
 
 
 def no_model(spec):

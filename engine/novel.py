@@ -656,6 +656,8 @@ class Novel:
                 f"This chapter is at its length limit ({len(base):,} characters"
                 f"{' with the prompt' if prompt.strip() else ''}; a chapter holds at most "
                 f"{MAX_CHAPTER_CHARS:,}): start a new chapter to write on.")
+        if self.model.peek() is None:  # a first Continue right after start: say why it waits
+            yield Event(text=base, status="Waiting for the model to load…")
         lm = self.model.get()
         sampling = sampling.resolved()
         settings = self.thought_settings()
@@ -743,7 +745,8 @@ class Novel:
                         self.thoughts.add(chapter_id, len(base) + end, note, pid, "model")
                     last = end
             # the memory writers run on the passage with its notes (the kNN store holds
-            # notes inline)
+            # notes inline); indexing can take seconds, so the page says what it waits on
+            yield Event(text=text, status="Adding the passage to the book's memory…")
             for hook in self.after_accept:
                 hook(self, chapter_id, pid)
         stats = {"seed": sampling.seed, "new_tokens": result.new_tokens,

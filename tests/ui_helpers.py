@@ -31,10 +31,16 @@ def create_novel(page, url, title="The Lighthouse", name=""):
     wait_ready(page)  # the page load decides whether the form starts open
     if not fields.is_visible():  # folded once the library has novels
         page.locator("#new-novel").get_by_text("New novel", exact=True).first.click()
-    page.locator("#new-title textarea, #new-title input").first.fill(title)
-    page.locator("#new-premise textarea").fill("A keeper guards a secret.")
+    boxes = [(fields, title),
+             (page.locator("#new-premise textarea"), "A keeper guards a secret.")]
     if name:
-        page.locator("#new-name textarea, #new-name input").first.fill(name)
+        boxes.append((page.locator("#new-name textarea, #new-name input").first, name))
+    for _ in range(5):  # a form just unfolded can still be re-rendered over a first fill
+        for box, value in boxes:
+            box.fill(value)
+        page.wait_for_timeout(300)
+        if all(box.input_value() == value for box, value in boxes):
+            break
     page.locator("#create-novel").click()
 
 

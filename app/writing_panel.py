@@ -181,7 +181,6 @@ def wire(lib, c: dict, loaded) -> dict:
             try:
                 flush(novel, cid, text, base)
                 job = novel.start(cid, sampling(t, p, n, s), retry=retry)
-                job.chapter_id = cid  # a page reopened mid-passage attaches to this chapter
             except StaleText as e:
                 yield (gr.Textbox(value=novel.text(cid)), err(e), gr.update(),
                        gr.update(), seen(novel, cid), versions_view(novel, cid))
@@ -205,8 +204,8 @@ def wire(lib, c: dict, loaded) -> dict:
         if job is None or job.done.is_set():
             yield tuple(gr.update() for _ in gen_outputs)
             return
-        job_cid = getattr(job, "chapter_id", cid)
-        if job_cid != cid:
+        job_cid = novel.writing_chapter  # None: it is just ending; follow it to the end
+        if job_cid is not None and job_cid != cid:
             title = next((ch["title"] for ch in novel.chapters() if ch["id"] == job_cid),
                          "another chapter")
             yield (gr.update(), f"The model is writing in “{title}”; press Stop to halt it.",

@@ -193,7 +193,7 @@ class Novel:
 
     def delete_chapter(self, chapter_id: int) -> None:
         """Move the chapter to the trash (see trash, restore_chapter)."""
-        if self.busy and self._writing_cid == chapter_id:
+        if self.writing_chapter == chapter_id:
             raise NovelError("The model is writing in this chapter; press Stop first.")
         self.store.delete_chapter(chapter_id)
 
@@ -337,6 +337,11 @@ class Novel:
     def stop(self) -> None:
         """Ask a running Continue to stop; it halts within one token."""
         self._cancel.set()
+
+    @property
+    def writing_chapter(self) -> int | None:
+        """The chapter a running Continue writes in (None when idle)."""
+        return self._writing_cid if self.busy else None
 
     @property
     def busy(self) -> bool:

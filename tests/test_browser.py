@@ -6,7 +6,7 @@ import re
 from playwright.sync_api import expect
 
 from ui_helpers import (OPENING, continue_and_wait, create_novel, editor, set_max_tokens,
-                        start_chapter, status)
+                        start_chapter, start_writing, status, stop_writing)
 
 
 def test_create_continue_stop_reload_undo(app_server, page):
@@ -14,14 +14,9 @@ def test_create_continue_stop_reload_undo(app_server, page):
     start_chapter(page, url, "The Lighthouse")
     expect(page.locator("#chapters")).to_contain_text("Chapter 1")
 
-    set_max_tokens(page, 1024)
-    page.locator("#continue").click()
     # Tokens stream in: the chapter grows past the opening while the model writes.
-    expect(editor(page)).to_have_value(re.compile(re.escape(OPENING) + r".{8,}", re.S),
-                                       timeout=60_000)
-    page.locator("#stop").click()
-    expect(status(page)).to_contain_text("Stopped", timeout=30_000)
-    written = editor(page).input_value()
+    start_writing(page, OPENING)
+    written = stop_writing(page)
     assert written.startswith(OPENING) and len(written) > len(OPENING)
     # Stopped means stopped: nothing more arrives.
     page.wait_for_timeout(1500)

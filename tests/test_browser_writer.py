@@ -9,7 +9,8 @@ import re
 from playwright.sync_api import expect
 
 from ui_helpers import (OPENING, continue_and_wait, create_novel, editor, on_disk,
-                        set_max_tokens, start_chapter, status, type_text, wait_ready)
+                        set_max_tokens, start_chapter, start_writing, status, stop_writing,
+                        type_text, wait_ready)
 
 
 def _head_text(projects, name, chapter=0):
@@ -64,13 +65,8 @@ def test_a_chapter_over_the_limit_is_refused_at_once(app_server, page):
 def test_retry_keeps_the_replaced_passage_reachable(app_server, page):
     url, projects = app_server
     start_chapter(page, url, "Versions Book")
-    set_max_tokens(page, 1024)
-    page.locator("#continue").click()
-    expect(editor(page)).to_have_value(re.compile(re.escape(OPENING) + r".{8,}", re.S),
-                                       timeout=60_000)
-    page.locator("#stop").click()
-    expect(status(page)).to_contain_text("Stopped", timeout=30_000)
-    first = editor(page).input_value()
+    start_writing(page, OPENING)
+    first = stop_writing(page)
     set_max_tokens(page, 16)
     page.locator("#retry").click()
     expect(editor(page)).not_to_have_value(first, timeout=60_000)
@@ -134,10 +130,7 @@ def test_reopened_page_follows_the_passage_and_stop_works(app_server, browser):
     page = ctx.new_page()
     page.set_default_timeout(90_000)
     start_chapter(page, url, "Reopen Book")
-    set_max_tokens(page, 1024)
-    page.locator("#continue").click()
-    expect(editor(page)).to_have_value(re.compile(re.escape(OPENING) + r".{4,}", re.S),
-                                       timeout=60_000)
+    start_writing(page, OPENING, grown=4)
     page.close()  # the tab closes mid-passage; the model goes on writing
 
     page = ctx.new_page()
@@ -231,13 +224,8 @@ def test_the_whole_writers_path(app_server, browser, tmp_path):
     typed = OPENING + " A gull cried twice."
     assert _wait_on_disk(page, projects, "Path Book", lambda t: t == typed) == typed
 
-    set_max_tokens(page, 1024)
-    page.locator("#continue").click()                             # Continue, Stop
-    expect(editor(page)).to_have_value(re.compile(re.escape(typed) + r".{8,}", re.S),
-                                       timeout=60_000)
-    page.locator("#stop").click()
-    expect(status(page)).to_contain_text("Stopped", timeout=30_000)
-    stopped = editor(page).input_value()
+    start_writing(page, typed)                                    # Continue, Stop
+    stopped = stop_writing(page)
     set_max_tokens(page, 16)
     page.get_by_label("Seed (-1: random)").fill("1e30")             # a bad seed: said at once
     page.get_by_label("Seed (-1: random)").press("Enter")
@@ -276,10 +264,7 @@ def test_the_whole_writers_path(app_server, browser, tmp_path):
     expect(editor(page)).to_have_value(stopped)
     assert _head_text(projects, "Path Book") == stopped
 
-    set_max_tokens(page, 1024)
-    page.locator("#continue").click()                             # close mid-passage
-    expect(editor(page)).to_have_value(re.compile(re.escape(stopped) + r".{4,}", re.S),
-                                       timeout=60_000)
+    start_writing(page, stopped, grown=4)                         # close mid-passage
     page.close()
     page = ctx.new_page()
     page.set_default_timeout(90_000)

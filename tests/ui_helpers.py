@@ -1,6 +1,8 @@
 """What a writer does in the browser, shared by the browser tests."""
 from __future__ import annotations
 
+import re
+
 from playwright.sync_api import expect
 
 OPENING = "The keeper climbed the stairs of the lighthouse."
@@ -73,3 +75,19 @@ def on_disk(projects, name, read):
         return read(st)
     finally:
         st.close()
+
+
+def start_writing(page, before: str, grown: int = 8):
+    """Press Continue with room to write; wait until the model has added ``grown``
+    characters to ``before``."""
+    set_max_tokens(page, 1024)
+    page.locator("#continue").click()
+    expect(editor(page)).to_have_value(re.compile(re.escape(before) + rf".{{{grown},}}", re.S),
+                                       timeout=60_000)
+
+
+def stop_writing(page) -> str:
+    """Press Stop, wait until it has stopped; the chapter as it stands."""
+    page.locator("#stop").click()
+    expect(status(page)).to_contain_text("Stopped", timeout=30_000)
+    return editor(page).input_value()

@@ -56,7 +56,7 @@ def proj(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("hard") / "novel"
     novel = Novel.create(folder, "T")
-    novel.add_chapter("One", "\n\n".join([PARA] * 3))
+    novel.chapters.add("One", "\n\n".join([PARA] * 3))
     novel.close()
     return folder
 
@@ -247,13 +247,14 @@ def test_matrix_pin_with_a_bad_id_says_what_to_do(proj):
 def test_an_unexpected_error_is_one_line_with_where_the_details_are(proj, tmp_path,
                                                                     monkeypatch, capsys):
     from engine import __main__ as cli_main
+    from engine.cli import novel as cli_novel  # where the list command lives
 
     def boom(args):
         raise KeyError("surprise")
 
     monkeypatch.setenv("MNEMOSYNE_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("MNEMOSYNE_DEBUG", raising=False)
-    monkeypatch.setattr(cli_main, "cmd_list", boom)
+    monkeypatch.setattr(cli_novel, "cmd_list", boom)
     assert cli_main.main(["list", "--project", str(proj)]) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("internal error: KeyError: 'surprise', details: ")

@@ -85,13 +85,13 @@ def test_shared_search_with_everything_retrievable_is_exact(lm, ids):
 def test_rerank_is_top_k_of_the_pool():
     import numpy as np
 
-    from engine.memory.attention import _rerank, _unique_rows
+    from engine.memory.attention.knn_search import rerank, unique_rows
 
     rng = np.random.default_rng(0)
     keys = rng.standard_normal((50, 8)).astype(np.float16)
     vecs = torch.from_numpy(rng.standard_normal((4, 2, 8)).astype(np.float32))
-    pool = _unique_rows(rng.integers(-1, 50, (4, 12)))
-    scores, ids = _rerank(keys, vecs, pool, 3)
+    pool = unique_rows(rng.integers(-1, 50, (4, 12)))
+    scores, ids = rerank(keys, vecs, pool, 3)
     assert ids.shape == scores.shape == (4, 2, 3)
     for i in range(4):
         rows = [r for r in pool[i] if r >= 0]
@@ -100,7 +100,7 @@ def test_rerank_is_top_k_of_the_pool():
             v = vecs[i, h].numpy()
             best = sorted(rows, key=lambda r: -float(keys[r].astype(np.float32) @ v))
             assert ids[i, h].tolist() == best[:3]
-    _, few = _rerank(keys, vecs, np.full((4, 2), -1), 3)
+    _, few = rerank(keys, vecs, np.full((4, 2), -1), 3)
     assert (few == -1).all()  # nothing in the pool: no hit
 
 
@@ -199,10 +199,10 @@ def test_gate_mode(lm, ids):
 
 
 def test_heads_fraction(lm):
-    from engine.memory.attention import _Read
-    st = _Read(lm, None, KNNSettings(heads=0.34), None, None, None, None)
-    assert st.heads(9) == [0, 4, 8]
-    assert _Read(lm, None, KNNSettings(heads=1.0), None, None, None, None).heads(4) == [0, 1, 2, 3]
+    with knn_memory(lm, None, KNNSettings(heads=0.34)) as st:
+        assert st.heads(9) == [0, 4, 8]
+    with knn_memory(lm, None, KNNSettings(heads=1.0)) as st:
+        assert st.heads(4) == [0, 1, 2, 3]
 
 
 def test_presets_scale_with_depth():

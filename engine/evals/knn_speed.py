@@ -91,7 +91,7 @@ def retrieval_speed(lm, settings, sizes=(10_000, 100_000, 1_000_000), tokens=200
     the real layers; storing 15 real layers of 1M tokens would take 11 GB)."""
     import torch
 
-    from ..memory.attention import _Pool, _rerank_heads, _unique_rows, searching_layers
+    from ..memory.attention.knn_search import Pool, rerank_heads, searching_layers, unique_rows
     from ..memory.knn import KNNStore
 
     depth, kv, hd = lm.shape
@@ -120,10 +120,10 @@ def retrieval_speed(lm, settings, sizes=(10_000, 100_000, 1_000_000), tokens=200
                 if layer in searching:
                     _, ids, _ = store.search_layer(0, q[i], settings.k)
                     searches += kv
-                    pool = _Pool(_unique_rows(ids.reshape(1, -1).numpy()), kv, n)
+                    pool = Pool(unique_rows(ids.reshape(1, -1).numpy()), kv, n)
                 else:
-                    ids = _rerank_heads(store.keys[0], q[i][:, None], pool,
-                                        settings.k)[1].view(kv, groups, -1)
+                    ids = rerank_heads(store.keys[0], q[i][:, None], pool,
+                                       settings.k)[1].view(kv, groups, -1)
                 flat = (ids.clamp_min(0) + offsets).view(-1)
                 values.index_select(0, flat).float()
             return searches

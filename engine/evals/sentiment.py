@@ -4,19 +4,8 @@ the subject is continued over N seeds; VADER compound of each continuation is
 reported as median and IQR for no memory, positive memory and negative memory, and,
 for reference, for the memory's text placed in the prompt before the opening.
 
-Measured (SmolLM2-135M, 20 seeds, 40 tokens, T 0.8, top-p 0.95; 2-core CPU), median
-compound (IQR), positive / negative: no memory +0.586 (0.887); the text in the prompt
-(reference) +0.786 (0.746) / +0.176 (1.063): the model often drifts off the subject;
-  inject, steer preset (layers 18, 20, 22):  positive +0.708 (0.460), negative +0.454 (0.953)
-  attend, default layers 15-29:              positive +0.932 (0.298), negative +0.719 (1.119)
-  attend, every layer (--knn-layers 0-29 --knn-search-every 1):
-                                             positive +0.927 (0.098), negative -0.185 (0.838)
-    the same on seeds 20-39 (--first-seed 20; the setting was picked on seeds 0-9):
-    no memory +0.820, text in the prompt +0.808 / +0.398, memory +0.942 / -0.119
-The seed's steer preset, translated by depth, barely moves this model (also with 15
-inject layers at 0.3-0.8 of depth: +0.759 / +0.319, 10 seeds); reading memory at every
-layer steers both ways, further than the same text in the prompt does.
-Memory at the lower half only (0-14) breaks the text (repeated words, compound 0).
+The figures, with the commands, date and machine: docs/measurements.md (Sentiment
+steering).
 """
 from __future__ import annotations
 

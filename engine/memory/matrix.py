@@ -14,11 +14,8 @@ layer is ``c``::
 With bias 0 every slot takes about half of every passage and all slots collapse onto
 the book's mean direction; the threshold ``bias`` makes the gate long-tailed in
 practice (slots that recognise a passage take most of it, the rest fade slowly).
-Defaults come from ``python -m engine bench matrix``: the seed's rule (gain 0.5, bias 0)
-collapses every row onto one direction (mean |cos| between rows 1.00); gain 1, bias 6,
-lr 0.5 writes a long tail (gate mean 0.05) and keeps rows apart (|cos| 0.19). On
-recognising written vs unseen segments no setting beat the no-write control (AUC
-0.45-0.54 vs 0.50): measured, not assumed, and reported as such.
+The defaults come from ``python -m engine bench matrix``; the figures are in
+docs/measurements.md (Memory matrix).
 
 Read (``summary``): ``S M`` with ``S`` a CountSketch (each slot hashed to one of r
 rows with a random sign, frozen from the seed), or a learned r x m matrix from an
@@ -61,7 +58,7 @@ class MatrixSettings:
     distance: int = 64         # rotary: memory tokens sit this far behind each query
     read_bias: float = 0.0     # added to memory-token attention logits (the read gate)
 
-    DEFAULT_DEPTH = 0.3        # measured: see bench matrix / recall
+    DEFAULT_DEPTH = 0.3        # share of the depth; docs/measurements.md (Memory matrix)
 
     def resolved_layer(self, depth: int) -> int:
         layer = self.layer if self.layer is not None else int(round(self.DEFAULT_DEPTH * (depth - 1)))

@@ -29,7 +29,8 @@ from .knn_read import QUERY_CHUNK, Read, attend, attend_one
 from .knn_search import searching_layers
 from .masks import bool_mask, float_mask, query_positions
 from .matrix import MatrixTokens, attention_module, project_tokens
-from .matrix import with_tokens as _with_tokens  # looked up here at each call (tests spy on it)
+# a module global of this file, looked up at each call (tests spy on it here)
+from .matrix import with_tokens as _with_tokens
 from .rotary import rotary_inv_freq, rotate
 from .state import MemoryCall, Stop, current_call, entered
 

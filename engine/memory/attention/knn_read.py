@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from ..knn import KNNSettings, KNNStore
-from .knn_search import Pool, gather, rerank, rerank_heads, retrieve, searching_layers, unique_rows
+from .knn_search import (Pool, gather, rerank, rerank_heads, retrieve, searching_layers,
+                         unique_rows)
 from .masks import first_visible, repeat_kv
 from .rotary import rotary_inv_freq, rotate, rotate_by, rotation
 
@@ -161,11 +162,11 @@ def attend(st, layer, query, key, value, mask, scaling, q_pos, key_pos):
 def attend_one(st, layer, query, key, value, mask, scaling, key_pos):
     """``attend`` for a single query position (a decode step), same result with a
     fraction of the small-op overhead, which, not the search, dominated a decode step
-    (docs/measurements.md#implementation-notes): all heads at once, grouped by KV head
-    without repeating keys, one search call per layer, memory logits straight from
-    the search scores when they are exact, values gathered with one index_select,
-    one joint softmax over [local keys, retrieved keys]. ``mask`` None: every key
-    is visible."""
+    (docs/measurements.md, kNN memory, implementation notes): all heads at once,
+    grouped by KV head without repeating keys, one search call per layer, memory
+    logits straight from the search scores when they are exact, values gathered with
+    one index_select, one joint softmax over [local keys, retrieved keys]. ``mask``
+    None: every key is visible."""
     s = st.settings
     B, H, _, d = query.shape
     KV = key.shape[1]

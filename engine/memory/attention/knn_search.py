@@ -108,8 +108,8 @@ def rerank_heads(keys: np.ndarray, vecs: torch.Tensor, pool: Pool, k: int):
 def gather(st, layer, kv_head, ids, device):
     """Stored keys, values and positions of ``ids`` (numpy, -1 for none), float32 on
     ``device`` (the store lives in host memory; only the rows read travel to the GPU).
-    Rows are picked and converted in torch, not numpy (whose float16 conversion was
-    the cost: docs/measurements.md#implementation-notes)."""
+    Rows are picked and converted in torch, not numpy, whose float16 conversion was
+    the cost (docs/measurements.md, kNN memory, implementation notes)."""
     safe = torch.from_numpy(np.where(ids >= 0, ids, 0)).view(-1)
     shape = (*ids.shape, st.store.head_dim)
 

@@ -10,29 +10,27 @@ Why this shape:
   time, so one store serves both position modes and any window.
 * Exact ``IndexFlatIP`` while small; past ``approx_threshold`` vectors an approximate
   index (IVF with 8-bit scalar quantisation by default, or HNSW), which keeps
-  retrieval at a million stored tokens within a few milliseconds per token on a CPU.
+  retrieval fast at a million stored tokens (figures: docs/measurements.md, kNN memory).
 * Keys and values also live in numpy arrays (float16): they are the source of truth
   from which any index can be rebuilt, and the values are gathered from them.
 * Everything is derived from the manuscript, so a missing, corrupt or foreign store
-  (other model fingerprint or layers) is never trusted: it is rebuilt.
+  (other model fingerprint or layers) is never trusted: it is rebuilt. The on-disk
+  half (save, verified load, tidying) is knn_files.py.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+# the on-disk half, re-exported here where the rest of the engine imports it from
+from .knn_files import FORMAT_VERSION, KNN_DIR, StoreError, clean_stale, store_folder
+from .knn_files import load_store, save_store
 
-FORMAT_VERSION = 1
-KNN_DIR = "knn"
+__all__ = ["FORMAT_VERSION", "KNN_DIR", "PRESETS", "KNNSettings", "KNNStore", "StoreError",
+           "clean_stale", "gpu_available", "k32", "new_store", "store_folder"]
 
 # The seed's presets (DESIGN.md), with layers given as fractions of depth of a
 # 12-layer GPT-2 (layer 10 of 12; layers 7-9 of 12) and translated per model.
@@ -48,74 +46,15 @@ PRESETS = {
 class KNNSettings:
     """How the kNN memory is written and read.
 
-    Defaults measured on ``bench recall`` (SmolLM2-135M, 30 layers, K=3 chapters
-    past = 4,531 tokens, chapter 4 scored with W=256; mean log-prob of the 24 name
-    tokens whose last mention lies outside the window; 2 shared CPU cores):
-    window only -7.503, full context -2.277;
-      attend layer 22 only, k 32, behind:       -7.455  (gap closed 0.009)
-      attend layers 0-29 (all), k 32, behind:   -2.341  (gap closed 0.988)
-      attend layers 15-29 (upper half), k 32:   -2.424  (gap closed 0.972)  <- default layers
-        the same, searching every 3rd layer:    -2.643  (gap closed 0.930)  <- default
-      inject, preset recall (layer 25):         -7.503  (0.000)
-    (Forced to fire on every block, bf 0, still 0.000: the first key is a sink, 0.58
-    of the attention on average, but the key-to-key search from it finds stored
-    entries like it, so the swapped value moves the output by at most 0.025. Scored
-    token by token, each name driving its own surgery: window -7.445, recall -7.443,
-    steer -7.272, attend -2.677: not an artefact of block scoring.)
-    A single layer barely moves recall: a name's identity has to be read from the
-    stored value by an induction-like head (query "Mr." finds the key whose previous
-    token was "Mr.") and carried on by later layers, which also need to see the
-    past; with memory at every layer window + memory approaches full attention.
-    Memory at every layer costs on the other tokens: mean log-prob over *all*
-    tokens of the chapter drops from -3.330 (window) to -3.431 (full context -3.215),
-    the lower layers pulling in look-alike contexts; the upper half improves it to
-    -3.261 (perplexity 27.9 -> 26.1; full context 24.9) at half the cost. Hence the
-    default: the upper half of the layers (``layer_span``), k 32, behind. Storage is
-    ~0.75 KB/token/layer (fp16 keys and values, 3 KV heads x 64 dims): ~11 KB per
-    token for 15 layers. ``exact`` positions at 15-29: names -3.346 (gap closed
-    0.795), all tokens -3.246: behind recalls far names better, so it stays default.
-    Cost (bench speed; earlier figures on busier cores): decode 13.3 tok/s off, 6.8 on
-    with 15 layers before decode steps searched a layer in one call (ratio 0.51); since
-    then 14.6 off, 13.2 on at a 2k-token store (0.91), but 0.55 at 32k tokens in exact
-    (flat) indexes, 0.90 at 32k in IVF-SQ8. Per-layer retrieval 0.64 ms/token at 10k
-    flat, 0.46 ms at 100k IVF, 1.6 ms at 1M IVF. IVF loses little here (bench recall
-    K=3 forced to IVF: names -2.425 vs -2.424 flat, all tokens -3.268 vs -3.261), hence
-    ``approx_threshold`` 8,192; an IVF index takes new entries without retraining until
-    the store has doubled (``KNNStore._can_grow``).
-    Searching at all 15 layers cost ~10-15 ms per decoded token at 1M stored tokens
-    (45 IVF searches), so by default only every 3rd memory layer searches
-    (``search_every``) and the two after it re-rank its hits by their own keys
-    (attention.py); IVF probes 8 lists (``nprobe``). Per token at 1M (bench speed,
-    one quiet 2-core run): every layer, nprobe 16: 11.9-14.7 ms; every 3rd, nprobe 16:
-    6.0-6.7; every 3rd, nprobe 8: 4.6-5.0; every 5th, nprobe 8: 3.4. Letting FAISS use
-    its own threads instead of forcing one per search: every 3rd, nprobe 8, 4.3-4.8
-    (paired in one process: 4.3-5.1 vs 5.9-7.2 forced to one). Recall pays for
-    it (names, gap closed; flat indexes): K=3 every layer 0.972, every 3rd 0.930,
-    every 5th 0.856, one search (layer 15) 0.598; K=5 0.972 -> 0.850 at every 3rd.
-    All tokens get slightly better (K=3: -3.261 every layer, -3.238 every 3rd, -3.242
-    every 5th), fewer look-alike contexts being read. IVF forced at K=3, every 3rd:
-    nprobe 16 0.917, nprobe 8 0.931 (noise: no loss from fewer probes).
-    ``search_every`` 1 is the choice for the best recall on a short book.
-    Another 2-core VM, slower per small op (2026-11-29, after the decode step dropped
-    its per-layer mask work: 0.74 -> 0.78 paired): decode on/off 0.76-0.82 at a 2k
-    store (noise +-0.03 between runs, the VM slowing through the day: decode off 21 ->
-    16 tok/s); retrieval per token 3.1-4.4 ms at 10k, 6.2-9.2 ms at 1M (FAISS's IVF
-    search ~0.2 ms of it per searching layer and KV head, the rest re-ranks, pools and
-    gathers). Fewer layers cost recall more than they save:
-    every other layer of 15-29, gap closed 0.37 at K=3; layers 18-29, 0.74.
-    Gate (separate softmaxes, memory share sigmoid(b)), K=3, every 3rd layer: fixed
-    b = -4: names -7.414 (0.017); b learned by ``train knn`` (P&P chapters 20-40, 60
-    steps; mean share 0.33): -3.253 (0.813), all tokens -3.307 against joint softmax's
-    -2.643 (0.930) and -3.238; perplexity of chapter 4, 27.31 against 25.49 (window
-    alone 27.94). The joint softmax lets each query weigh memory against
-    its context token by token; a per-head constant cannot, so gate stays off.
+    The defaults (layers, k, position, search_every, nprobe, approx_threshold, gate
+    off) and their measurements: docs/measurements.md (kNN memory).
     """
     mode: str = "attend"            # attend | inject
     layers: tuple | None = None     # attend layers; None -> default_layers(depth)
     layer_span: tuple = (0.5, 1.0)  # default attend layers: [from, to) as fractions of depth
     k: int = 32                     # neighbours per query head (attend)
     heads: float = 1.0              # fraction of query heads that read memory
-    search_every: int = 3           # attend layers per index search (see above)
+    search_every: int = 3           # attend layers per index search (attention/knn_search.py)
     position: str = "behind"        # behind | exact
     gap: int = 0                    # extra distance behind the window (behind mode)
     gate: bool = False              # separate softmax mixed by sigmoid(b_h)
@@ -123,7 +62,7 @@ class KNNSettings:
     gate_file: str | None = None    # learned b per layer and head (python -m engine train knn)
     preset: str = "recall"          # inject preset: recall | steer
     inject: dict = field(default_factory=dict)  # overrides of the preset's fields
-    approx_threshold: int = 8_192    # vectors per index before going approximate (see above)
+    approx_threshold: int = 8_192    # vectors per index before going approximate
     approx: str = "ivf"             # ivf | hnsw
     nprobe: int = 8                 # IVF lists searched
     ef_search: int = 64             # HNSW beam
@@ -165,10 +104,6 @@ class KNNSettings:
 
     def with_(self, **kw) -> "KNNSettings":
         return replace(self, **kw)
-
-
-class StoreError(RuntimeError):
-    """A store that cannot be trusted (missing, corrupt, foreign): rebuild it."""
 
 
 def _faiss():
@@ -253,8 +188,8 @@ class KNNStore:
     def _can_grow(self) -> bool:
         """Whether new entries can join the current indexes instead of a rebuild: a flat
         index up to the threshold; an approximate one until the store has doubled since
-        its lists were trained (a rebuild per accepted passage cost seconds per layer on
-        a big book, while quantiser and lists trained on half the data still fit)."""
+        its lists were trained (a rebuild per accepted passage is slow on a big book,
+        while quantiser and lists trained on half the data still fit)."""
         if self._kind == "flat":
             return len(self) <= self.settings.approx_threshold
         return len(self) <= 2 * self._built_n
@@ -360,7 +295,7 @@ class KNNStore:
     def _search_dense(self, layer, head, q, k, n):
         """Exact search as one BLAS matmul + top-k: for a batch of queries (scoring,
         prefill) FAISS's flat scan with an ID range selector does not use BLAS and was
-        the bottleneck (~30x slower at 5k entries x 768 queries)."""
+        the bottleneck (figures: docs/measurements.md, kNN memory, implementation notes)."""
         import torch
         key = (layer, head)
         keys = self._dense.get(key)
@@ -382,9 +317,8 @@ class KNNStore:
         among the first ``limit`` entries (None: all). Returns torch (scores, ids)
         (kv_heads, m, k), ids -1 and scores -inf where none, and whether the scores are
         exact inner products (flat index) rather than an approximate index's.
-        For a handful of queries FAISS's own scan beats a torch matmul + top-k (2k keys:
-        0.10 vs 0.11 ms for 3 heads x 3 queries; 32k: 1.8 vs 2.6 ms on the 2-core CPU),
-        so every kind goes through FAISS here.
+        For a handful of queries FAISS's own scan beats a torch matmul + top-k (figures:
+        docs/measurements.md, kNN memory, implementation notes), so all go through FAISS.
         """
         import torch
         if not self._index:
@@ -399,7 +333,7 @@ class KNNStore:
         scores = np.empty((self.kv_heads, m, k), np.float32)
         ids = np.empty((self.kv_heads, m, k), np.int64)
         # FAISS's own OpenMP threads: forcing one per search (as an earlier version did
-        # after a measurement on busy cores) made a quiet 1M-vector search 0.1 ms slower
+        # after a measurement on busy cores) made a quiet search slower
         for h in range(self.kv_heads):
             scores[h], ids[h] = self._index[(layer, h)].search(q[h], int(k), params=params)
         scores, ids = torch.from_numpy(scores), torch.from_numpy(ids)
@@ -419,36 +353,8 @@ class KNNStore:
 
     def save(self, folder: Path | None = None) -> None:
         """Write atomically: a fresh sibling folder, then a rename swap."""
-        folder = Path(folder or self.folder)
-        self.folder = folder
-        tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
-        old = folder.with_name(folder.name + ".old")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        arrays = {"positions": self.positions, "tokens": self.tokens}
-        for l in self.layers:
-            arrays[f"keys_{l}"], arrays[f"values_{l}"] = self.keys[l], self.values[l]
-        digests = {}
-        for name, arr in arrays.items():
-            path = tmp / f"{name}.npy"
-            np.save(path, arr, allow_pickle=False)
-            digests[path.name] = _sha256(path)
-        # A flat index is a copy of the keys (rebuilt in a blink on load): only the
-        # approximate ones, which cost a training pass, are worth their disk space.
-        if self._index and not self._index_on_gpu() and self._kind != "flat":
-            faiss = _faiss()
-            for (l, h), index in self._index.items():
-                path = tmp / f"index_{l}_{h}.faiss"
-                faiss.write_index(index, str(path))
-                digests[path.name] = _sha256(path)
-        meta = self.meta() | {"files": digests, "kind": self._kind}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        _fsync_dir(tmp)
-        shutil.rmtree(old, ignore_errors=True)
-        if folder.exists():
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
+        self.folder = Path(folder or self.folder)
+        save_store(self, self.folder)
 
     def _index_on_gpu(self) -> bool:
         return self._gpu not in (None, False)
@@ -456,123 +362,13 @@ class KNNStore:
     @classmethod
     def load(cls, folder: Path, settings: KNNSettings | None = None) -> "KNNStore":
         """Load and verify every file against its recorded digest; StoreError if not."""
-        folder = Path(folder)
-        try:
-            meta = json.loads((folder / "meta.json").read_text())
-        except (OSError, ValueError) as e:
-            raise StoreError(f"no readable meta.json in {folder}: {e}") from e
-        if meta.get("version") != FORMAT_VERSION:
-            raise StoreError(f"store format {meta.get('version')} is not {FORMAT_VERSION}")
-        files = meta.get("files") or {}
-        for name, digest in files.items():
-            path = folder / name
-            if not path.is_file() or _sha256(path) != digest:
-                raise StoreError(f"{path} is missing or corrupt")
-        store = cls(folder, meta["layers"], meta["kv_heads"], meta["head_dim"],
-                    meta["fingerprint"], settings, meta.get("depth", 0))
-        store.saved_stamp = meta.get("stamp")
-        try:
-            store.positions = np.load(folder / "positions.npy", allow_pickle=False)
-            store.tokens = np.load(folder / "tokens.npy", allow_pickle=False)
-            for l in store.layers:
-                store.keys[l] = np.load(folder / f"keys_{l}.npy", allow_pickle=False)
-                store.values[l] = np.load(folder / f"values_{l}.npy", allow_pickle=False)
-        except (OSError, ValueError, KeyError) as e:
-            raise StoreError(f"cannot read arrays in {folder}: {e}") from e
-        n = meta["count"]
-        shape = (store.kv_heads, n, store.head_dim)
-        if store.positions.shape != (n,) or store.tokens.shape != (n,) or any(
-                store.keys[l].shape != shape or store.values[l].shape != shape
-                for l in store.layers):
-            raise StoreError(f"array shapes in {folder} do not match meta.json")
-        kind = meta.get("kind", "flat")
-        index_files = [f"index_{l}_{h}.faiss" for l in store.layers
-                       for h in range(store.kv_heads)]
-        if all(name in files for name in index_files):
-            faiss = _faiss()
-            try:
-                for l in store.layers:
-                    for h in range(store.kv_heads):
-                        index = faiss.read_index(str(folder / f"index_{l}_{h}.faiss"))
-                        if index.ntotal != n or index.d != store.head_dim:
-                            raise StoreError("index size does not match the arrays")
-                        store._index[(l, h)] = index
-                store._kind, store._built_n = kind, n
-            except RuntimeError as e:
-                raise StoreError(f"unreadable FAISS index in {folder}: {e}") from e
-            want = "flat" if n <= store.settings.approx_threshold else store.settings.approx
-            if want != kind:
-                store._index = {}
-        return store
-
+        return load_store(cls, folder, settings)
 
 def k32(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=np.float32)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_dir(folder: Path) -> None:
-    for p in folder.iterdir():
-        with open(p, "rb") as f:
-            os.fsync(f.fileno())
-
-
-def clean_stale(folder: Path) -> list[Path]:
-    """Tidy what interrupted saves left next to the store ``folder``: remove each
-    ``knn.tmp-PID`` folder whose process is gone, and when the store itself is missing
-    but ``knn.old`` (the store before a save's swap) is there and no save is under way,
-    put it back (it is verified on load like any store). Returns what was removed."""
-    folder = Path(folder)
-    removed, live = [], False
-    for tmp in folder.parent.glob(folder.name + ".tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if not pid.isdigit():
-            continue
-        if _alive(int(pid), tmp):
-            live = True
-            continue
-        shutil.rmtree(tmp, ignore_errors=True)
-        removed.append(tmp)
-        log.warning("removed %s, left by an interrupted save", tmp)
-    old = folder.with_name(folder.name + ".old")
-    if not live and old.is_dir() and not folder.exists():
-        try:
-            old.rename(folder)
-        except OSError:
-            pass
-    return removed
-
-
-def _alive(pid: int, path: Path) -> bool:
-    """Whether process ``pid`` (the writer of ``path``) may still be running."""
-    if pid == os.getpid():
-        return True
-    if os.name == "nt":  # os.kill would terminate it there: trust only a day's age
-        try:
-            return time.time() - path.stat().st_mtime < 86400
-        except OSError:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: alive, another user's
-        return True
-    return True
-
-
 # -- a store for a model (engine/memory/knn_index.py keeps it in line with a book) ------
-def store_folder(project_folder: Path) -> Path:
-    return Path(project_folder) / "memory" / KNN_DIR
-
-
 def new_store(folder, lm, settings: KNNSettings) -> KNNStore:
     depth, kv, hd = lm.shape
     return KNNStore(folder, settings.read_layers(depth), kv, hd, lm.fingerprint,

@@ -72,22 +72,22 @@ def wire(lib, c: dict) -> dict:
 
     picked = chapter_radio.input(on_pick_chapter, [novel_dd, chapter_radio, c["pending_delete"]],
                                  chapter_outputs + [c["confirm_row"], c["pending_delete"]])
-    c["add_btn"].click(chapter_action(lambda n, cid: n.add_chapter(""), "Chapter added."),
+    c["add_btn"].click(chapter_action(lambda n, cid: n.chapters.add(""), "Chapter added."),
                        [novel_dd, chapter_radio], chapter_outputs)
-    rename = chapter_action(lambda n, cid, t: n.rename_chapter(need(cid), t) or cid,
+    rename = chapter_action(lambda n, cid, t: n.chapters.rename(need(cid), t) or cid,
                             "Chapter renamed.")
     c["rename_btn"].click(rename, [novel_dd, chapter_radio, c["chapter_title"]], chapter_outputs)
     c["chapter_title"].submit(rename, [novel_dd, chapter_radio, c["chapter_title"]],
                               chapter_outputs)
-    c["up_btn"].click(chapter_action(lambda n, cid: n.move_chapter(need(cid), -1) or cid, ""),
+    c["up_btn"].click(chapter_action(lambda n, cid: n.chapters.move(need(cid), -1) or cid, ""),
                       [novel_dd, chapter_radio], chapter_outputs)
-    c["down_btn"].click(chapter_action(lambda n, cid: n.move_chapter(need(cid), 1) or cid, ""),
+    c["down_btn"].click(chapter_action(lambda n, cid: n.chapters.move(need(cid), 1) or cid, ""),
                         [novel_dd, chapter_radio], chapter_outputs)
 
     @act(4, 2, needs="Pick a chapter first.", chapter="Pick a chapter first.",
          others={0: gr.update(visible=False), 1: "", 3: None})
     def ask_delete(novel, cid):
-        title = next((ch["title"] for ch in novel.chapters() if ch["id"] == cid), None)
+        title = next((ch["title"] for ch in novel.chapters.list() if ch["id"] == cid), None)
         if title is None:
             raise UserError("That chapter is already gone.")
         return (gr.Row(visible=True), f"Move **{title}** to the trash? (You can restore "
@@ -102,10 +102,10 @@ def wire(lib, c: dict) -> dict:
          others={n_view + 1: gr.update(visible=False), n_view + 2: None})
     def on_delete(novel, pending):
         """Deletes the chapter the question named, whatever is selected now."""
-        title = next((ch["title"] for ch in novel.chapters() if ch["id"] == pending), None)
+        title = next((ch["title"] for ch in novel.chapters.list() if ch["id"] == pending), None)
         if title is None:
             raise UserError("That chapter is already gone.")
-        novel.delete_chapter(pending)
+        novel.chapters.delete(pending)
         msg = ok(f"“{title}” moved to the trash; restore it from “Deleted chapters”.")
         return (*chapter_view(lib, novel, None), msg, gr.Row(visible=False), None,
                 trash_view(novel))
@@ -120,7 +120,7 @@ def wire(lib, c: dict) -> dict:
 
     @act(n_view + 2, n_view, needs=pick_trash, chapter=pick_trash)
     def on_restore(novel, cid):
-        cid = novel.restore_chapter(cid)
+        cid = novel.chapters.restore(cid)
         return (*chapter_view(lib, novel, cid), ok("Chapter restored."), trash_view(novel))
 
     restored = c["restore_btn"].click(on_restore, [novel_dd, c["trash_dd"]],
@@ -134,7 +134,7 @@ def wire(lib, c: dict) -> dict:
             raise UserError("Choose one or more .txt or .md files first.")
         paths = [f if isinstance(f, str) else f.name for f in files]
         encodings: dict = {}
-        ids = novel.import_files(paths, progress=gr.Progress().tqdm, encodings=encodings)
+        ids = novel.chapters.import_files(paths, progress=gr.Progress().tqdm, encodings=encodings)
         read = "".join(f" Read {f} as {e}." for f, e in encodings.items() if e != "utf-8")
         # the file box is emptied: a second Import must not bring the same files in again
         return (*chapter_view(lib, novel, ids[-1]), ok(f"Imported {len(ids)} chapter(s).{read}"),
@@ -146,7 +146,7 @@ def wire(lib, c: dict) -> dict:
     def exporter(fmt):
         @act(2, 1, others={0: gr.update(visible=False)})
         def handler(novel):
-            text = novel.export(fmt)
+            text = novel.chapters.export(fmt)
             name = novel.folder.name
             out = Path(tempfile.mkdtemp(prefix="mnemosyne-")) / f"{name}.{fmt}"
             out.write_text(text, encoding="utf-8")

@@ -45,9 +45,9 @@ def wire(lib, k: dict, novel_dd, opened: list) -> None:
         if not name:
             return False, "", 32, "", msg
         novel = lib.open(name)
-        s = novel.knn_settings()
+        s = novel.knn.settings()
         return (s["on"], layers_text(s["layers"]) if s["layers"] else "", s["k"],
-                _info_line(novel.knn_info()), msg)
+                _info_line(novel.knn.info()), msg)
 
     # On an error the panel shows the novel's settings as they are, and the message.
     act = functools.partial(action, len(outs), 4, lib=lib,
@@ -55,8 +55,8 @@ def wire(lib, k: dict, novel_dd, opened: list) -> None:
 
     @act()
     def on_apply(novel, on, layers, kk):
-        novel.set_knn_settings(bool(on), layers or "", int(kk))
-        s = novel.knn_settings()
+        novel.knn.set_settings(bool(on), layers or "", int(kk))
+        s = novel.knn.settings()
         where = layers_text(s["layers"]) if s["layers"] else "default layers"
         return view(name_of(novel),
                     ok(f"Long memory {'on' if on else 'off'}: {where}, k {s['k']}."))
@@ -64,7 +64,7 @@ def wire(lib, k: dict, novel_dd, opened: list) -> None:
     @act()
     def on_rebuild(novel, progress=gr.Progress()):
         progress(0, desc="Indexing the manuscript")
-        info = novel.rebuild_knn(lambda done, total: progress(
+        info = novel.knn.rebuild(lambda done, total: progress(
             done / max(1, total), desc=f"Indexing {done:,}/{total:,} tokens"))
         return view(name_of(novel), ok(f"Rebuilt: {info['tokens']:,} tokens."))
 

@@ -134,16 +134,16 @@ def wire(lib, m: dict, novel_dd, opened: list) -> None:
             m["plot"], m["memory"], m["status"]]
 
     def memory_choices(novel):
-        pins = novel.matrix_pins()
+        pins = novel.matrix.pins()
         return [(("📌 " if str(x["id"]) in pins else "") + f"“{_cut(x['text'])}”", x["id"])
-                for x in novel.memories() if x["id"] is not None]
+                for x in novel.memories.list() if x["id"] is not None]
 
     def view(name, msg="", plot=None):
         if not name:
             return (False, None, 4096, 64, "", "", "", "", gr.update(choices=[], value=None),
                     msg)
         novel = lib.open(name)
-        s, i = novel.matrix_settings(), novel.matrix_info()
+        s, i = novel.matrix.settings(), novel.matrix.info()
         info = (f"**{'On' if s['on'] else 'Off'}** · layer {s['layer'] if s['layer'] is not None else 'default'}"
                 f" · {s['slots']:,} slots · {s['rows']} memory tokens · read path "
                 f"{'trained adapter' if s['adapter'] else 'CountSketch'} · "
@@ -157,10 +157,10 @@ def wire(lib, m: dict, novel_dd, opened: list) -> None:
     def plot_of(novel, progress):
         """(the writer's summary, the engineering plot) of the matrix as it is now."""
         progress(0, desc="Writing the manuscript into the matrix")
-        usage = novel.matrix_usage(lambda d, t: progress(
+        usage = novel.matrix.usage(lambda d, t: progress(
             d / max(1, t), desc=f"Writing segment {d}/{t}"))
-        texts = {str(x["id"]): x["text"] for x in novel.memories() if x["id"] is not None}
-        return (summary(usage, novel.chapters(), novel.matrix_pins(), texts),
+        texts = {str(x["id"]): x["text"] for x in novel.memories.list() if x["id"] is not None}
+        return (summary(usage, novel.chapters.list(), novel.matrix.pins(), texts),
                 heatmap(usage))
 
     # On an error the panel shows the novel's matrix as it is, and the message.
@@ -171,7 +171,7 @@ def wire(lib, m: dict, novel_dd, opened: list) -> None:
     def on_apply(novel, on, layer, slots, rows, adapter, progress=gr.Progress()):
         layer = None if layer is None or (isinstance(layer, float) and math.isnan(layer)) \
             else int(layer)
-        novel.set_matrix_settings(bool(on), layer, int(slots), int(rows), adapter or "")
+        novel.matrix.set_settings(bool(on), layer, int(slots), int(rows), adapter or "")
         plot = plot_of(novel, progress) if on else None
         return view(name_of(novel), ok(f"Memory matrix {'on' if on else 'off'}."), plot)
 
@@ -184,20 +184,20 @@ def wire(lib, m: dict, novel_dd, opened: list) -> None:
         def on_pin(novel, memory_id, progress=gr.Progress()):
             if memory_id is None:
                 raise UserError("Choose a memory first.")
-            what = html.escape(f"“{_cut(novel.memory(memory_id)['text'], 50)}”")
+            what = html.escape(f"“{_cut(novel.memories.get(memory_id)['text'], 50)}”")
             if pin:
-                slots = novel.pin_matrix(memory_id)
+                slots = novel.matrix.pin(memory_id)
                 msg = ok(f"{what} now holds slots {', '.join(map(str, sorted(slots)))}; "
                          "they will not change.")
             else:
-                novel.unpin_matrix(memory_id)
+                novel.matrix.unpin(memory_id)
                 msg = ok(f"{what} no longer holds slots: they are free again.")
             return view(name_of(novel), msg, plot_of(novel, progress))
         return on_pin
 
     @act()
     def on_reset(novel, progress=gr.Progress()):
-        novel.reset_matrix()
+        novel.matrix.reset()
         return view(name_of(novel), ok("The matrix was written again from the manuscript; "
                                        "pins kept."), plot_of(novel, progress))
 

@@ -75,7 +75,7 @@ def _chapters_of(novel, keys) -> dict[str, str]:
 def choices(novel, query: str = "") -> list[tuple[str, str]]:
     """(label, key) of the list: facts first, then passages, then margin notes, each
     named by what it is and where it is in the book; the keys stay the values."""
-    rows = novel.memories(query or None)
+    rows = novel.memories.list(query or None)
     where = _chapters_of(novel, [r["key"] for r in rows] + [r.get("source") for r in rows])
 
     def kind(r):  # a kept passage or note counts as what it was
@@ -116,9 +116,9 @@ def wire(lib, m, novel_dd, chapter_radio, editor, receipt_md, receipt_acc,
         if not key:
             text = ""
         elif key.startswith("memory:"):
-            text = novel.memory(key)["text"]
+            text = novel.memories.get(key)["text"]
         else:
-            text = novel.semantic.text_of(key) or ""
+            text = novel.memories.semantic.text_of(key) or ""
         return gr.Radio(choices=found, value=key), text, msg
 
     def change(fn, message):
@@ -134,20 +134,20 @@ def wire(lib, m, novel_dd, chapter_radio, editor, receipt_md, receipt_acc,
         return key
 
     def add(novel, key, text, new, pin):
-        return f"memory:{novel.add_memory(new, pin=bool(pin))}"
+        return f"memory:{novel.memories.add(new, pin=bool(pin))}"
 
     base = [novel_dd, m["query"], m["list"], m["text"]]
-    m["pin"].click(change(lambda n, k, t: f"memory:{n.pin(need(k))}", "Pinned: it will "
+    m["pin"].click(change(lambda n, k, t: f"memory:{n.memories.pin(need(k))}", "Pinned: it will "
                           "always be in the context."), base, outs)
-    m["unpin"].click(change(lambda n, k, t: f"memory:{n.unpin(need(k))}", "Unpinned."),
+    m["unpin"].click(change(lambda n, k, t: f"memory:{n.memories.unpin(need(k))}", "Unpinned."),
                      base, outs)
-    m["save"].click(change(lambda n, k, t: n.edit_memory(need(k), t), "Memory saved."),
+    m["save"].click(change(lambda n, k, t: n.memories.edit(need(k), t), "Memory saved."),
                     base, outs)
-    m["delete"].click(change(lambda n, k, t: n.delete_memory(need(k)) or "", "Memory deleted."),
+    m["delete"].click(change(lambda n, k, t: n.memories.delete(need(k)) or "", "Memory deleted."),
                       base, outs)
     m["add"].click(change(add, "Fact added."), base + [m["new"], m["new_pin"]], outs).then(
         lambda st: "" if "class='ok'" in (st or "") else gr.update(), m["status"], m["new"])
-    m["pin_sel"].click(change(lambda n, k, t, cid, sel: f"memory:{n.pin_sentence(sel, cid)}",
+    m["pin_sel"].click(change(lambda n, k, t, cid, sel: f"memory:{n.memories.pin_sentence(sel, cid)}",
                               "Selected text pinned."),
                        base + [chapter_radio, m["selection"]], outs)
 

@@ -45,10 +45,10 @@ def layout() -> dict:
 def _render(novel, cid, show: bool) -> str:
     if not show:
         return "*Margin notes are hidden.*"
-    rows = novel.list_thoughts(cid)
+    rows = novel.thoughts.list(cid)
     if not rows:
         return "*No notes yet: they appear after each Continue.*"
-    text = novel.text(cid)
+    text = novel.chapters.text(cid)
     out = []
     for r in rows:
         before = text[max(0, r["anchor"] - 60):r["anchor"]].replace("\n", " ").strip()
@@ -63,11 +63,11 @@ def wire(lib, t, novel_dd, chapter_radio, after: list) -> None:
         if not name or cid is None:
             return ("", gr.Dropdown(choices=[], value=None), "", msg, *[gr.update()] * 4)
         novel = lib.open(name)
-        rows = novel.list_thoughts(cid)
+        rows = novel.thoughts.list(cid)
         choices = [(f"#{r['id']}: {r['text'][:50]}", r["id"]) for r in rows]
         pick = pick if pick in [c[1] for c in choices] else None
         text = novel.thoughts.get(pick)["text"] if pick is not None else ""
-        s = novel.thought_settings()
+        s = novel.thoughts.settings()
         return (_render(novel, cid, show), gr.Dropdown(choices=choices, value=pick), text, msg,
                 s["on"], s["plan_first"], s["mode"], _every_choice(s["every"]))
 
@@ -95,21 +95,21 @@ def wire(lib, t, novel_dd, chapter_radio, after: list) -> None:
         return pick
 
     full = ins + [t["pick"], t["text"]]
-    t["save"].click(act(lambda n, cid, p, x: n.edit_thought(need(p), x) or p, "Note saved."),
+    t["save"].click(act(lambda n, cid, p, x: n.thoughts.edit(need(p), x) or p, "Note saved."),
                     full, outs)
-    t["add"].click(act(lambda n, cid, p, x: n.add_thought(cid, x), "Note added."), full, outs)
-    t["delete"].click(act(lambda n, cid, p, x: n.delete_thought(need(p)), "Note deleted."),
+    t["add"].click(act(lambda n, cid, p, x: n.thoughts.add(cid, x), "Note added."), full, outs)
+    t["delete"].click(act(lambda n, cid, p, x: n.thoughts.delete(need(p)), "Note deleted."),
                       full, outs)
 
     def as_it_was(msg, name, *rest):
         """An error (e.g. self mode with no tuned adapter): say so, show what is set."""
-        s = lib.open(name).thought_settings()
+        s = lib.open(name).thoughts.settings()
         return msg, s["mode"], _every_choice(s["every"])
 
     @action(3, 0, lib=lib, needs=None, on_error=as_it_was)
     def settings(novel, on, plan, mode, every):
         if novel is not None:
-            novel.set_thought_settings(on=on, plan_first=plan, mode=mode, every=every)
+            novel.thoughts.set_settings(on=on, plan_first=plan, mode=mode, every=every)
         return "", gr.update(), gr.update()
 
     boxes = [t["on"], t["plan"], t["mode"], t["every"]]

@@ -127,7 +127,7 @@ def build(lib: Library) -> gr.Blocks:
         def on_create(title, premise, style, name):
             name = lib.create(title, premise, style, name)
             novel = lib.open(name)
-            novel.add_chapter("Chapter 1")
+            novel.chapters.add("Chapter 1")
             return (*page_view(novel, None, ok(f"Created “{title.strip()}”.")), "", "", "", "")
 
         created = c["create_btn"].click(on_create, new, page_outputs + new)

@@ -35,7 +35,7 @@ def name_of(novel) -> str:
 
 def chapter_choices(novel) -> list[tuple[str, int]]:
     return [(f"{c['position']}. {c['title']} ({c['words']:,} words)", c["id"])
-            for c in novel.chapters()]
+            for c in novel.chapters.list()]
 
 
 def chapter_list(novel, cid) -> gr.Radio:
@@ -44,7 +44,7 @@ def chapter_list(novel, cid) -> gr.Radio:
 
 def seen(novel, cid) -> dict:
     """What a tab last saw of a chapter: its saves are conditional on it (StaleText)."""
-    return {"rev": novel.head(cid), "text": novel.text(cid)}
+    return {"rev": novel.chapters.head(cid), "text": novel.chapters.text(cid)}
 
 
 def as_shown(text: str) -> str:
@@ -54,7 +54,7 @@ def as_shown(text: str) -> str:
 
 def save(novel, cid, text, base: dict | None) -> None:
     base = base or {}
-    novel.save_text(cid, text, base_rev=base.get("rev"), base_text=base.get("text"))
+    novel.chapters.save(cid, text, base_rev=base.get("rev"), base_text=base.get("text"))
 
 
 def version_label(v: dict) -> str:
@@ -68,7 +68,7 @@ def version_label(v: dict) -> str:
 
 def versions_view(novel, cid):
     """The alternatives to the passage shown (a Retry keeps the one it replaced)."""
-    versions = novel.versions(cid) if cid is not None else []
+    versions = novel.chapters.versions(cid) if cid is not None else []
     if len(versions) < 2:
         return gr.Dropdown(choices=[], value=None, visible=False)
     choices = [(f"{i}. {version_label(v)}", v["id"]) for i, v in enumerate(versions, 1)]
@@ -88,7 +88,7 @@ def chapter_view(lib, novel, cid):
     if novel is None:
         return (gr.Radio(choices=[], value=None), gr.Textbox(value="", label="Chapter"),
                 "", None, gr.Dropdown(choices=[], value=None, visible=False))
-    chapters = novel.chapters()
+    chapters = novel.chapters.list()
     ids = [c["id"] for c in chapters]
     cid = cid if cid in ids else (ids[-1] if ids else None)
     if cid is None:
@@ -98,12 +98,12 @@ def chapter_view(lib, novel, cid):
     title = next(c["title"] for c in chapters if c["id"] == cid)
     remember(lib, name_of(novel), cid)
     return (chapter_list(novel, cid),
-            gr.Textbox(value=novel.text(cid), label=title, interactive=not novel.busy),
+            gr.Textbox(value=novel.chapters.text(cid), label=title, interactive=not novel.busy),
             title, seen(novel, cid), versions_view(novel, cid))
 
 
 def trash_view(novel):
-    items = novel.trash() if novel is not None else []
+    items = novel.chapters.trash() if novel is not None else []
     return gr.Dropdown(choices=[(f"{t['title']} ({t['words']:,} words)", t["id"])
                                 for t in items], value=None,
                        label=f"In the trash ({len(items)})")

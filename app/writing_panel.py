@@ -85,7 +85,8 @@ def receipt_layout() -> dict:
 
 def sampling_view(novel):
     """(temperature, top-p, max tokens) as the novel keeps them (None: the defaults)."""
-    prefs = {**SAMPLING_DEFAULTS, **(novel.writing_settings() if novel is not None else {})}
+    kept = novel.settings.get("writing").to_dict() if novel is not None else {}
+    prefs = {**SAMPLING_DEFAULTS, **{k: v for k, v in kept.items() if v is not None}}
     return prefs["temperature"], prefs["top_p"], prefs["max_tokens"]
 
 
@@ -101,7 +102,7 @@ def sampling(t, p, n, s) -> Sampling:
 def flush(novel, cid, text, base) -> None:
     """Save what the editor shows before an action reads the chapter: the last
     keystrokes may still be waiting for the autosave."""
-    if text is not None and not novel.busy and as_shown(text) != as_shown(novel.text(cid)):
+    if text is not None and not novel.busy and as_shown(text) != as_shown(novel.chapters.text(cid)):
         save(novel, cid, text, base)
 
 
@@ -114,7 +115,7 @@ def wire(lib, c: dict, loaded) -> dict:
 
     def on_sampling(novel, t, p, n):
         if novel is not None:
-            novel.set_writing_settings(temperature=t, top_p=p, max_tokens=n)
+            novel.settings.set("writing", temperature=t, top_p=p, max_tokens=n)
         return gr.update()
 
     for slider in (c["temperature"], c["top_p"], c["max_tokens"]):
@@ -130,7 +131,7 @@ def wire(lib, c: dict, loaded) -> dict:
         try:
             save(novel, cid, text, base)
         except StaleText as e:  # another tab or process wrote first: show theirs
-            return (err(e), seen(novel, cid), gr.Textbox(value=novel.text(cid)),
+            return (err(e), seen(novel, cid), gr.Textbox(value=novel.chapters.text(cid)),
                     chapter_list(novel, cid), versions_view(novel, cid))
         return ok("Saved."), seen(novel, cid), gr.update(), chapter_list(novel, cid), gr.update()
 
@@ -169,7 +170,7 @@ def wire(lib, c: dict, loaded) -> dict:
             message = writer_message(e, "Continue")
         receipt = (last.receipt if last is not None and last.receipt is not None
                    else novel.last_receipt)
-        yield (gr.Textbox(value=novel.text(cid), interactive=True), message,
+        yield (gr.Textbox(value=novel.chapters.text(cid), interactive=True), message,
                receipt_markdown(receipt), chapter_list(novel, cid), seen(novel, cid),
                versions_view(novel, cid))
 
@@ -182,7 +183,7 @@ def wire(lib, c: dict, loaded) -> dict:
                 flush(novel, cid, text, base)
                 job = novel.start(cid, sampling(t, p, n, s), retry=retry)
             except StaleText as e:
-                yield (gr.Textbox(value=novel.text(cid)), err(e), gr.update(),
+                yield (gr.Textbox(value=novel.chapters.text(cid)), err(e), gr.update(),
                        gr.update(), seen(novel, cid), versions_view(novel, cid))
                 return
             yield from watch(novel, job, cid)
@@ -206,7 +207,7 @@ def wire(lib, c: dict, loaded) -> dict:
             return
         job_cid = novel.writing_chapter  # None: it is just ending; follow it to the end
         if job_cid is not None and job_cid != cid:
-            title = next((ch["title"] for ch in novel.chapters() if ch["id"] == job_cid),
+            title = next((ch["title"] for ch in novel.chapters.list() if ch["id"] == job_cid),
                          "another chapter")
             yield (gr.update(), f"The model is writing in “{title}”; press Stop to halt it.",
                    *[gr.update()] * 4)
@@ -232,14 +233,14 @@ def wire(lib, c: dict, loaded) -> dict:
         def handler(novel, cid, text, base):
             try:
                 flush(novel, need(cid), text, base)
-                can_undo, can_redo = novel.can_undo_redo(cid)
+                can_undo, can_redo = novel.chapters.can_undo_redo(cid)
                 if not (can_undo if verb == "undo" else can_redo):
                     return gr.update(), f"Nothing to {verb}.", *[gr.update()] * 3
                 text = getattr(novel, verb)(cid)
                 return (text, ok(f"{verb.capitalize()} done."), seen(novel, cid),
                         versions_view(novel, cid), chapter_list(novel, cid))
             except StaleText as e:
-                return (novel.text(cid), err(e), seen(novel, cid), versions_view(novel, cid),
+                return (novel.chapters.text(cid), err(e), seen(novel, cid), versions_view(novel, cid),
                         gr.update())
         return handler
 
@@ -253,7 +254,7 @@ def wire(lib, c: dict, loaded) -> dict:
     def on_version(novel, cid, rev):
         if rev is None:
             raise UserError(pick_version)
-        text = novel.switch_version(cid, rev)
+        text = novel.chapters.switch_version(cid, rev)
         return (text, ok("Showing the version you picked; Undo and Redo go on from here."),
                 seen(novel, cid), versions_view(novel, cid), chapter_list(novel, cid))
 

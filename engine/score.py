@@ -191,7 +191,7 @@ def read_manuscript(project) -> str:
         from .novel import Novel
         novel = Novel.open(project)
         try:
-            return novel.memory_book()
+            return novel.chapters.memory_book()
         finally:
             novel.close()
     except ImportError:

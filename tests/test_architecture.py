@@ -40,10 +40,10 @@ def test_list_runs_without_torch(novel):
     without torch."""
     from engine.writer import Sampling
 
-    cid = novel.add_chapter("The Storm", "The lamp went out at midnight.")
+    cid = novel.chapters.add("The Storm", "The lamp went out at midnight.")
     for _ in novel.continue_chapter(cid, Sampling(max_new_tokens=4, seed=1)):
         pass
-    words = novel.chapters()[0]["words"]
+    words = novel.chapters.list()[0]["words"]
     folder = novel.folder
     novel.close()
     p = cli_without_torch("list", "--project", folder)

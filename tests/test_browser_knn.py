@@ -103,10 +103,10 @@ def test_import_then_continue_with_long_memory_matches_the_engine(app_server, pa
     shutil.copytree(projects / "Longbourn", copy / "Longbourn")
     novel = Library(copy, ModelSlot.ready(load(str(slow_model_dir)))).open("Longbourn")
     try:
-        cid = novel.chapter_id(None)
-        assert novel.text(cid) == after
-        novel.undo(cid)
-        assert novel.text(cid) == before
+        cid = novel.chapters.id(None)
+        assert novel.chapters.text(cid) == after
+        novel.chapters.undo(cid)
+        assert novel.chapters.text(cid) == before
         done = list(novel.continue_chapter(cid, Sampling(max_new_tokens=24, seed=7)))[-1]
         assert done.text == after
     finally:

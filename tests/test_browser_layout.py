@@ -148,14 +148,14 @@ def test_receipt_names_the_chapter_and_quotes_the_text(novel):
     from engine.context import Receipt
 
     novel.store.add_chapter("The Storm", FILLER * 3 + FACT + " " + FILLER * 3, action="import")
-    cid = novel.add_chapter("The crossing", "")
-    novel.save_text(cid, FILLER * 2 + "At the shore Elena hesitated; she had never learned "
+    cid = novel.chapters.add("The crossing", "")
+    novel.chapters.save(cid, FILLER * 2 + "At the shore Elena hesitated; she had never learned "
                     "to swim and the water frightened her.")
-    novel.add_memory("Elena's eyes are grey; she keeps a stone from the lake.", pin=True)
-    a = novel.add_memory("Elena keeps a slate-grey stone from the swimming lesson she fled.")
-    b = novel.add_memory("The stone came from her brother Tomas.")
-    novel.link(a, b)
-    novel.set_recall_settings(k=2)  # two similar hits; the link brings one in as tier 1
+    novel.memories.add("Elena's eyes are grey; she keeps a stone from the lake.", pin=True)
+    a = novel.memories.add("Elena keeps a slate-grey stone from the swimming lesson she fled.")
+    b = novel.memories.add("The stone came from her brother Tomas.")
+    novel.memories.link(a, b)
+    novel.memories.set_settings(k=2)  # two similar hits; the link brings one in as tier 1
     _, receipt = novel.build_context(cid, budget=1500)
     md = _plain(Receipt(**receipt).markdown())
     assert "pinned: “Elena's eyes are grey; she keeps a stone from the lake.”" in md, md
@@ -182,10 +182,10 @@ def test_memory_list_groups_facts_passages_and_notes(novel):
     from app.memory_panel import choices
 
     novel.store.add_chapter("The Storm", FILLER + FACT, action="import")
-    cid = novel.chapter_id(1)
-    novel.thoughts.add(cid, 10, "Elena is afraid of the water; the lake comes back later.")
-    novel.add_memory("Elena never learned to swim.", pin=True)
-    novel.add_memory("Tomas, her brother, swims like a seal.")
+    cid = novel.chapters.id(1)
+    novel.thoughts.add(cid, "Elena is afraid of the water; the lake comes back later.", anchor=10)
+    novel.memories.add("Elena never learned to swim.", pin=True)
+    novel.memories.add("Tomas, her brother, swims like a seal.")
     got = choices(novel, "swim")
     labels = [label for label, _ in got]
     kinds = [re.match(r"(?:📌 )?(Fact|Passage|Note)\b", x).group(1) for x in labels]

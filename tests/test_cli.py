@@ -50,8 +50,8 @@ def small_project(tmp_path_factory):
 
     proj = tmp_path_factory.mktemp("cli") / "novel"
     novel = Novel.create(proj, "T")
-    novel.add_chapter("One", "Some words.")
-    novel.add_chapter("Two", "More words.")
+    novel.chapters.add("One", "Some words.")
+    novel.chapters.add("Two", "More words.")
     novel.close()
     return proj
 
@@ -61,7 +61,7 @@ def snapshot(proj):
 
     novel = Novel.open(proj)
     try:
-        return novel.chapters(), novel.manuscript()
+        return novel.chapters.list(), novel.chapters.manuscript()
     finally:
         novel.close()
 
@@ -112,7 +112,7 @@ def test_killed_mid_stream_keeps_the_text(tmp_path, slow_model_dir):
     assert len(printed) >= 40
     from engine.novel import Novel
 
-    text = Novel.open(proj).text(Novel.open(proj).chapter_id(1))
+    text = Novel.open(proj).chapters.text(Novel.open(proj).chapters.id(1))
     assert len(text) >= 20  # what streamed before the kill is on disk
 
 

@@ -105,13 +105,13 @@ def test_export_refuses_to_write_inside_a_project(proj, empty):
 def test_export_is_atomic(proj, tmp_path, monkeypatch, capsys):
     """A failure while writing leaves the old export whole (and no temporary file)."""
     from engine.__main__ import main
-    from engine.novel import Novel
+    from engine.chapters import Chapters
 
     out = tmp_path / "book.md"
     assert main(["export", "--project", str(proj), "--out", str(out)]) == 0
     good = out.read_text()
     assert good.startswith("# T")
-    monkeypatch.setattr(Novel, "export", lambda self, fmt: "# T\n\nhalf a book \ud800")
+    monkeypatch.setattr(Chapters, "export", lambda self, fmt: "# T\n\nhalf a book \ud800")
     assert main(["export", "--project", str(proj), "--out", str(out)]) == 2
     assert capsys.readouterr().err.startswith("error: ")
     assert out.read_text() == good

@@ -41,7 +41,7 @@ FACTS = ["the lamp burns whale oil", "the keeper fears the dark", "ships pass at
 
 def _semantic(novel):
     for f in FACTS:
-        novel.add_memory(f)
+        novel.memories.add(f)
     sem = SemanticMemory(novel.store, embed=lambda: EMB)
     sem.sync()
     return sem
@@ -71,7 +71,7 @@ def test_flipped_bytes_in_the_semantic_index_are_caught_and_rebuilt(novel, caplo
 
 def test_a_file_where_the_semantic_folder_belongs_is_moved_aside(novel, caplog):
     for f in FACTS[:3]:
-        novel.add_memory(f)
+        novel.memories.add(f)
     folder = novel.store.memory_dir / "semantic"
     folder.parent.mkdir(parents=True, exist_ok=True)
     folder.write_text("not a folder")
@@ -88,21 +88,21 @@ def test_a_file_where_the_semantic_folder_belongs_is_moved_aside(novel, caplog):
 # -- 19: the memory matrix is one file --------------------------------------------------------
 def _fill(novel, chapters=2, paras=8):
     for i in range(chapters):
-        novel.add_chapter(f"Chapter {i + 1}",
+        novel.chapters.add(f"Chapter {i + 1}",
                           "\n\n".join(PARA + f"({i}.{j})" for j in range(paras)))
 
 
 def test_the_matrix_and_its_segment_list_are_one_file(novel):
     _fill(novel)
-    novel.set_matrix_settings(True)
-    novel.matrix_usage()
-    n = novel.matrix_info()["segments"]
+    novel.matrix.set_settings(True)
+    novel.matrix.usage()
+    n = novel.matrix.info()["segments"]
     memory = novel.folder / "memory"
     assert n > 5 and (memory / "matrix.safetensors").is_file()
     assert not (memory / "matrix.json").exists()
     again = Novel.open(novel.folder, novel.model)
-    again.matrix_usage()
-    assert again.matrix_info()["segments"] == n and again.matrix_info()["notice"] == ""
+    again.matrix.usage()
+    assert again.matrix.info()["segments"] == n and again.matrix.info()["notice"] == ""
 
 
 def _resave(path, segments=None):
@@ -124,9 +124,9 @@ def test_a_matrix_behind_or_ahead_of_its_record_is_rebuilt_with_a_notice(novel, 
     """The old layout: a crash between matrix.safetensors and matrix.json left the
     matrix 5 writes behind its list, and the missing segments were never written."""
     _fill(novel)
-    novel.set_matrix_settings(True)
-    novel.matrix_usage()
-    n = novel.matrix_info()["segments"]
+    novel.matrix.set_settings(True)
+    novel.matrix.usage()
+    n = novel.matrix.info()["segments"]
     path = novel.folder / "memory" / "matrix.safetensors"
     from safetensors import safe_open
     with safe_open(str(path), "np") as f:
@@ -137,18 +137,18 @@ def test_a_matrix_behind_or_ahead_of_its_record_is_rebuilt_with_a_notice(novel, 
     else:
         _resave(path, segments[:-5])
     again = Novel.open(novel.folder, novel.model)
-    again.matrix_usage()
-    info = again.matrix_info()
+    again.matrix.usage()
+    info = again.matrix.info()
     assert "not usable" in info["notice"] and "interrupted save" in info["notice"]
     assert info["segments"] == n
-    assert int((again._matrix._mm.chapters >= 0).sum()) == n  # each segment written once
+    assert int((again.matrix._mm.chapters >= 0).sum()) == n  # each segment written once
 
 
 def test_the_old_two_file_layout_is_read_and_converted(novel):
     _fill(novel)
-    novel.set_matrix_settings(True)
-    novel.matrix_usage()
-    n = novel.matrix_info()["segments"]
+    novel.matrix.set_settings(True)
+    novel.matrix.usage()
+    n = novel.matrix.info()["segments"]
     path = novel.folder / "memory" / "matrix.safetensors"
     from safetensors import safe_open
     with safe_open(str(path), "np") as f:
@@ -156,15 +156,15 @@ def test_the_old_two_file_layout_is_read_and_converted(novel):
     _resave(path)
     path.with_suffix(".json").write_text(json.dumps({"segments": segments}))
     again = Novel.open(novel.folder, novel.model)
-    again.matrix_usage()
-    assert again.matrix_info()["notice"] == "" and again.matrix_info()["segments"] == n
+    again.matrix.usage()
+    assert again.matrix.info()["notice"] == "" and again.matrix.info()["segments"] == n
     assert not path.with_suffix(".json").exists()
 
 
 # -- 22: a kill during the kNN save --------------------------------------------------------------
 def test_stale_knn_temp_folders_are_cleaned_when_the_store_opens(novel):
     _fill(novel, chapters=1, paras=3)
-    novel.set_knn_settings(True)
+    novel.knn.set_settings(True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     memory = novel.folder / "memory"
@@ -173,7 +173,7 @@ def test_stale_knn_temp_folders_are_cleaned_when_the_store_opens(novel):
     for folder in (stale, live):
         folder.mkdir(parents=True)
         (folder / "keys_2.npy").write_bytes(b"half")
-    novel.knn_store()
+    novel.knn.store()
     assert not stale.exists() and live.exists()
     assert (memory / "knn" / "meta.json").is_file()
 
@@ -182,11 +182,11 @@ def test_a_store_left_as_knn_old_by_a_crash_mid_swap_is_put_back(novel):
     from engine.memory.knn import clean_stale
 
     _fill(novel, chapters=1, paras=3)
-    novel.set_knn_settings(True)
-    store = novel.knn_store()
+    novel.knn.set_settings(True)
+    store = novel.knn.store()
     memory = novel.folder / "memory"
     (memory / "knn").rename(memory / "knn.old")  # killed between the save's two renames
     assert clean_stale(memory / "knn") == []
     assert (memory / "knn" / "meta.json").is_file() and not (memory / "knn.old").exists()
     again = Novel.open(novel.folder, novel.model)
-    assert len(again.knn_store()) == len(store)
+    assert len(again.knn.store()) == len(store)

@@ -9,6 +9,7 @@ import pytest
 from engine.context import Receipt
 from engine.memory import attention
 from engine.memory.knn import KNNStore, store_folder
+from engine.errors import UserError
 from engine.novel import NovelError
 from engine.writer import Sampling
 
@@ -18,8 +19,8 @@ OPENING = ("The lighthouse keeper Orrin Vale counted ships at dusk. His sister M
 
 @pytest.fixture
 def book(novel):
-    cid = novel.add_chapter("One", OPENING)
-    novel.set_knn_settings(True, "1,3", 4)
+    cid = novel.chapters.add("One", OPENING)
+    novel.knn.set_settings(True, "1,3", 4)
     return novel, cid
 
 
@@ -40,21 +41,24 @@ def reads(monkeypatch):
 
 def _manuscript_tokens(novel):
     """Tokens the store must hold: the prose with its margin notes inline."""
-    return len(novel.model.get().tokenizer(novel.memory_book(),
+    return len(novel.model.get().tokenizer(novel.chapters.memory_book(),
                                            add_special_tokens=False).input_ids)
 
 
 def test_settings_roundtrip_and_validation(novel):
-    s = novel.knn_settings()
+    s = novel.knn.settings()
     assert s["on"] is False and s["layers"] and s["k"] >= 1
-    s = novel.set_knn_settings(True, "1-2", 8)
+    s = novel.knn.set_settings(True, "1-2", 8)
     assert s == {"on": True, "layers": [1, 2], "k": 8, "depth": 4}
-    assert novel.knn_settings()["layers"] == [1, 2]
-    with pytest.raises(NovelError):
-        novel.set_knn_settings(True, "7", 8)  # the tiny model has 4 layers
-    with pytest.raises(NovelError):
-        novel.set_knn_settings(True, "two", 8)
-    assert novel.set_knn_settings(False, "", 8)["layers"] != [1, 2]  # '' -> defaults
+    assert novel.knn.settings()["layers"] == [1, 2]
+    with pytest.raises(UserError, match="0..3"):
+        novel.knn.set_settings(True, "7", 8)  # the tiny model has 4 layers
+    with pytest.raises(UserError, match="not a layer"):
+        novel.knn.set_settings(True, "two", 8)
+    with pytest.raises(UserError, match="must lie in 1..1,024"):
+        novel.knn.set_settings(True, k=5000)
+    assert novel.knn.settings()["layers"] == [1, 2]  # nothing of a refused change saved
+    assert novel.knn.set_settings(False, "", 8)["layers"] != [1, 2]  # '' -> defaults
 
 
 def test_continue_with_memory_reads_and_writes_through(book, reads):
@@ -63,7 +67,7 @@ def test_continue_with_memory_reads_and_writes_through(book, reads):
     events = list(novel.continue_chapter(cid, Sampling(max_new_tokens=12, seed=1),
                                          budget=96))
     done = events[-1]
-    assert done.done and novel.text(cid) == done.text and len(done.text) > len(OPENING)
+    assert done.done and novel.chapters.text(cid) == done.text and len(done.text) > len(OPENING)
     assert reads and sum(st.stats["searches"] for st in reads) > 0
     # the receipt says what attention read besides the prompt: the older part of the book
     (line,) = done.receipt["inside"]
@@ -74,28 +78,28 @@ def test_continue_with_memory_reads_and_writes_through(book, reads):
     assert stored == stored_before and 0 < readable < stored  # budget 96 keeps only a tail
     assert line in Receipt(**done.receipt).markdown()
     # the passage went into the store after it was accepted
-    info = novel.knn_info()
+    info = novel.knn.info()
     assert info["tokens"] == _manuscript_tokens(novel) and info["bytes"] > 0
     assert info["layers"] == [1, 3]
 
 
 def test_memory_off_reads_nothing(book, reads):
     novel, cid = book
-    novel.set_knn_settings(False)
+    novel.knn.set_settings(False)
     list(novel.continue_chapter(cid, Sampling(max_new_tokens=4, seed=1), budget=96))
-    assert reads == [] and novel.knn_info()["tokens"] == 0
+    assert reads == [] and novel.knn.info()["tokens"] == 0
 
 
 def test_memory_updates_after_each_passage(book):
     novel, cid = book
-    first = novel.knn_store()
+    first = novel.knn.store()
     n0 = len(first)
     assert n0 == _manuscript_tokens(novel)
     list(novel.continue_chapter(cid, Sampling(max_new_tokens=8, seed=2), budget=96))
-    n1 = novel.knn_info()["tokens"]
+    n1 = novel.knn.info()["tokens"]
     assert n1 == _manuscript_tokens(novel) > n0
     # the new tokens were indexed incrementally: the old entries are the same arrays
-    st = novel.knn_store()
+    st = novel.knn.store()
     np.testing.assert_array_equal(st.keys[1][:, :n0 - 8], first.keys[1][:, :n0 - 8])
 
 
@@ -103,19 +107,19 @@ def test_prefix_key_follows_memory(book):
     novel, cid = book
     lm = novel.model.get()
     ids, receipt = novel.build_context(cid, 96)
-    _, k1 = novel._knn.reader(lm, cid, ids, receipt)
-    _, k2 = novel._knn.reader(lm, cid, ids, receipt)
+    k1 = novel.knn.reader(lm, cid, ids, receipt).key
+    k2 = novel.knn.reader(lm, cid, ids, receipt).key
     assert k1 == k2
-    novel.set_knn_settings(True, "1,3", 6)
-    _, k3 = novel._knn.reader(lm, cid, ids, receipt)
+    novel.knn.set_settings(True, "1,3", 6)
+    k3 = novel.knn.reader(lm, cid, ids, receipt).key
     assert k3 != k1
-    novel.set_knn_settings(False)
-    assert novel._knn.reader(lm, cid, ids, receipt) == (None, lm.fingerprint)
+    novel.knn.set_settings(False)
+    assert novel.knn.reader(lm, cid, ids, receipt) is None  # off: no part in a Continue
 
 
 def test_corrupt_store_rebuilt_on_open(book, library):
     novel, cid = book
-    n = len(novel.knn_store())
+    n = len(novel.knn.store())
     folder = store_folder(novel.folder)
     path = folder / "keys_1.npy"
     data = bytearray(path.read_bytes())
@@ -125,11 +129,11 @@ def test_corrupt_store_rebuilt_on_open(book, library):
     novel.close()
     library._open.pop(name)
     again = library.open(name)
-    st = again.knn_store()
+    st = again.knn.store()
     assert len(st) == n
     KNNStore.load(folder)  # the files on disk verify again
     progress = []
-    info = again.rebuild_knn(lambda done, total: progress.append((done, total)))
+    info = again.knn.rebuild(lambda done, total: progress.append((done, total)))
     assert info["tokens"] == n and progress and progress[-1] == (n, n)
 
 
@@ -137,15 +141,15 @@ def test_margin_notes_enter_the_store_inline_and_follow_edits(book):
     from engine.thoughts import BEGIN, END
 
     novel, cid = book
-    novel.set_thought_settings(on=False)
-    n0 = len(novel.knn_store())
-    tid = novel.add_thought(cid, "Orrin hides the bell rope.", anchor=40)
-    book_text = novel.memory_book()
+    novel.thoughts.set_settings(on=False)
+    n0 = len(novel.knn.store())
+    tid = novel.thoughts.add(cid, "Orrin hides the bell rope.", anchor=40)
+    book_text = novel.chapters.memory_book()
     assert f"{BEGIN}Orrin hides the bell rope.{END}" in book_text
-    assert BEGIN not in novel.manuscript()  # the book itself never holds a note
-    st = novel.knn_store()
+    assert BEGIN not in novel.chapters.manuscript()  # the book itself never holds a note
+    st = novel.knn.store()
     tok = novel.model.get().tokenizer
     assert len(st) == _manuscript_tokens(novel) > n0
     assert st.tokens.tolist() == tok(book_text, add_special_tokens=False).input_ids
-    novel.edit_thought(tid, "Orrin burns the bell rope.")
-    assert "burns" in tok.decode(novel.knn_store().tokens.tolist())
+    novel.thoughts.edit(tid, "Orrin burns the bell rope.")
+    assert "burns" in tok.decode(novel.knn.store().tokens.tolist())

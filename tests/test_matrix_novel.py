@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from engine.memory.matrix_project import SEGMENT
+from engine.errors import UserError
 from engine.novel import Novel, NovelError
 from engine.writer import Sampling
 
@@ -14,7 +15,7 @@ PARA = ("The keeper of the northern light kept a ledger of every ship that passe
 
 def _fill(novel, chapters=2, paras=8):
     for i in range(chapters):
-        novel.add_chapter(f"Chapter {i + 1}", "\n\n".join(PARA + f"({i}.{j})" for j in range(paras)))
+        novel.chapters.add(f"Chapter {i + 1}", "\n\n".join(PARA + f"({i}.{j})" for j in range(paras)))
 
 
 def _segments(novel):
@@ -25,42 +26,42 @@ def _segments(novel):
 
 def test_matrix_writes_every_full_segment_once_and_follows_growth(novel):
     _fill(novel)
-    novel.set_matrix_settings(True)
-    usage = novel.matrix_usage()
-    info = novel.matrix_info()
+    novel.matrix.set_settings(True)
+    usage = novel.matrix.usage()
+    info = novel.matrix.info()
     assert info["segments"] == _segments(novel) > 2
     assert usage["chapters"] == [1, 2] and len(usage["usage"]) == 64
     assert (novel.folder / "memory" / "matrix.safetensors").exists()
-    cid = novel.chapter_id(2)
-    novel.save_text(cid, novel.text(cid) + "\n\n" + PARA * 4)
-    novel.matrix_usage()
-    assert novel.matrix_info()["segments"] == _segments(novel) > info["segments"]
-    assert novel.matrix_info()["notice"] == ""
+    cid = novel.chapters.id(2)
+    novel.chapters.save(cid, novel.chapters.text(cid) + "\n\n" + PARA * 4)
+    novel.matrix.usage()
+    assert novel.matrix.info()["segments"] == _segments(novel) > info["segments"]
+    assert novel.matrix.info()["notice"] == ""
 
 
 def test_an_edit_of_older_text_rebuilds_and_says_so(novel):
     _fill(novel)
-    novel.set_matrix_settings(True)
-    novel.matrix_usage()
-    first = novel.chapter_id(1)
-    novel.save_text(first, "A different opening. " + novel.text(first))
-    novel.matrix_usage()
-    assert "rebuilt" in novel.matrix_info()["notice"]
-    assert novel.matrix_info()["segments"] == _segments(novel)
+    novel.matrix.set_settings(True)
+    novel.matrix.usage()
+    first = novel.chapters.id(1)
+    novel.chapters.save(first, "A different opening. " + novel.chapters.text(first))
+    novel.matrix.usage()
+    assert "rebuilt" in novel.matrix.info()["notice"]
+    assert novel.matrix.info()["segments"] == _segments(novel)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "nan", "foreign"])
 def test_untrustworthy_files_are_rebuilt_and_nothing_is_lost(novel, damage):
     _fill(novel)
-    novel.set_matrix_settings(True)
-    novel.matrix_usage()
-    text = novel.manuscript()
+    novel.matrix.set_settings(True)
+    novel.matrix.usage()
+    text = novel.chapters.manuscript()
     path = novel.folder / "memory" / "matrix.safetensors"
     if damage == "truncate":
         path.write_bytes(path.read_bytes()[:500])
     elif damage == "nan":
         from engine.memory.matrix import MemoryMatrix
-        mm = novel._matrix._mm
+        mm = novel.matrix._mm
         mm.M[3, 3] = np.nan
         from safetensors.numpy import save_file
         from safetensors import safe_open
@@ -70,50 +71,50 @@ def test_untrustworthy_files_are_rebuilt_and_nothing_is_lost(novel, damage):
         save_file(arrays, str(path), metadata=meta)
         assert MemoryMatrix  # the loader, not save(), must catch it
     else:
-        novel.set_matrix_settings(True, slots=128)  # another shape: the old file is foreign
+        novel.matrix.set_settings(True, slots=128)  # another shape: the old file is foreign
     again = Novel.open(novel.folder, novel.model)  # a fresh process's view
-    again.set_matrix_settings(True)
-    again.matrix_usage()
-    info = again.matrix_info()
+    again.matrix.set_settings(True)
+    again.matrix.usage()
+    info = again.matrix.info()
     assert info["segments"] == _segments(again)
     if damage != "foreign":
         assert "not usable" in info["notice"]
-    assert again.manuscript() == text
-    again._matrix._mm.check()
+    assert again.chapters.manuscript() == text
+    again.matrix._mm.check()
 
 
 def test_pinned_memory_holds_its_slots_through_writes_and_reset(novel):
     _fill(novel, chapters=1)
-    novel.set_matrix_settings(True)
-    novel.matrix_usage()
-    mid = novel.add_memory("The lighthouse keeper is afraid of the dark.")
-    novel.pin(mid)  # pinning a memory also pins matrix slots while the matrix is on
-    slots = novel.matrix_pins()[str(mid)]
+    novel.matrix.set_settings(True)
+    novel.matrix.usage()
+    mid = novel.memories.add("The lighthouse keeper is afraid of the dark.")
+    novel.memories.pin(mid)  # pinning a memory also pins matrix slots while the matrix is on
+    slots = novel.matrix.pins()[str(mid)]
     assert len(slots) == 4
-    rows = novel._matrix._mm.M[slots].copy()
-    cid = novel.chapter_id(1)
-    novel.save_text(cid, novel.text(cid) + "\n\n" + PARA * 6)
-    novel.matrix_usage()
-    np.testing.assert_array_equal(novel._matrix._mm.M[slots], rows)
-    assert sum(novel.matrix_usage()["pinned"]) == 4
-    novel.reset_matrix()
-    assert novel.matrix_info()["pinned"] == 4 and str(mid) in novel.matrix_pins()
-    novel.unpin(mid)
-    assert novel.matrix_pins() == {} and novel.matrix_info()["pinned"] == 0
+    rows = novel.matrix._mm.M[slots].copy()
+    cid = novel.chapters.id(1)
+    novel.chapters.save(cid, novel.chapters.text(cid) + "\n\n" + PARA * 6)
+    novel.matrix.usage()
+    np.testing.assert_array_equal(novel.matrix._mm.M[slots], rows)
+    assert sum(novel.matrix.usage()["pinned"]) == 4
+    novel.matrix.reset()
+    assert novel.matrix.info()["pinned"] == 4 and str(mid) in novel.matrix.pins()
+    novel.memories.unpin(mid)
+    assert novel.matrix.pins() == {} and novel.matrix.info()["pinned"] == 0
 
 
 def test_bad_settings_and_adapters_get_clear_messages(novel, tmp_path):
-    with pytest.raises(NovelError, match="layer must lie"):
-        novel.set_matrix_settings(True, layer=99)
-    with pytest.raises(NovelError, match="multiple of 64"):
-        novel.set_matrix_settings(True, slots=100)
-    with pytest.raises(NovelError, match="no memory adapter"):
-        novel.set_matrix_settings(True, adapter=str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="layer must lie"):
+        novel.matrix.set_settings(True, layer=99)
+    with pytest.raises(UserError, match="multiple of 64"):
+        novel.matrix.set_settings(True, slots=100)
+    with pytest.raises(UserError, match="no memory adapter"):
+        novel.matrix.set_settings(True, adapter=str(tmp_path / "missing"))
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file")
-    with pytest.raises(NovelError, match="cannot be read"):
-        novel.set_matrix_settings(True, adapter=str(bad))
-    assert novel.matrix_settings()["adapter"] is None
+    with pytest.raises(UserError, match="cannot be read"):
+        novel.matrix.set_settings(True, adapter=str(bad))
+    assert novel.matrix.settings()["adapter"] is None
 
 
 def test_continue_reads_the_matrix_and_writes_after_accept(novel, monkeypatch):
@@ -124,17 +125,17 @@ def test_continue_reads_the_matrix_and_writes_after_accept(novel, monkeypatch):
     monkeypatch.setattr(attention, "_with_tokens",
                         lambda *a: calls.append(a[-1].keys.shape) or real(*a))
     _fill(novel, chapters=1, paras=6)
-    novel.set_matrix_settings(True)
-    novel.set_thought_settings(on=False)
-    cid = novel.chapter_id(1)
+    novel.matrix.set_settings(True)
+    novel.thoughts.set_settings(on=False)
+    cid = novel.chapters.id(1)
     events = list(novel.continue_chapter(cid, Sampling(max_new_tokens=100, seed=1)))
     assert any("memory matrix" in e.status for e in events)
-    assert events[-1].done and len(novel.text(cid)) > 0
-    kv, rows = novel.model.get().model.config.num_key_value_heads, novel.matrix_settings()["rows"]
+    assert events[-1].done and len(novel.chapters.text(cid)) > 0
+    kv, rows = novel.model.get().model.config.num_key_value_heads, novel.matrix.settings()["rows"]
     assert len(calls) > 50 and set(calls) == {(kv, rows, 16)}  # every forward read the tokens
     (line,) = events[-1].receipt["inside"]  # the receipt says the matrix was read
     assert line.startswith(f"Memory matrix: {rows} memory tokens at layer"), line
-    assert novel.matrix_info()["segments"] == _segments(novel)
+    assert novel.matrix.info()["segments"] == _segments(novel)
 
 
 def test_matrix_cli_on_pin_usage_and_clear_errors(tmp_path):
@@ -170,12 +171,12 @@ def test_a_corrupt_adapter_falls_back_to_the_sketch_and_says_so(novel, tmp_path)
     tm.train(lm, corpus, tmp_path / "a", steps=1, history=1, slots=4096, rows=8,
              progress=False)
     _fill(novel, chapters=1, paras=6)
-    novel.set_thought_settings(on=False)
-    novel.set_matrix_settings(True, rows=8, adapter=str(tmp_path / "a"))
+    novel.thoughts.set_settings(on=False)
+    novel.matrix.set_settings(True, rows=8, adapter=str(tmp_path / "a"))
     (tmp_path / "a" / tm.ADAPTER).write_bytes(b"garbage")
-    novel._matrix._adapter = None  # as after a restart
-    cid = novel.chapter_id(1)
-    before = novel.text(cid)
+    novel.matrix._adapter = None  # as after a restart
+    cid = novel.chapters.id(1)
+    before = novel.chapters.text(cid)
     last = list(novel.continue_chapter(cid, Sampling(max_new_tokens=20, seed=2)))[-1]
     assert "CountSketch" in last.status and last.done
-    assert novel.text(cid).startswith(before) and len(novel.text(cid)) > len(before)
+    assert novel.chapters.text(cid).startswith(before) and len(novel.chapters.text(cid)) > len(before)

@@ -44,28 +44,28 @@ def test_create_persists_bible_and_reopens(library, slot):
 
 
 def test_chapters_add_rename_move_delete(novel):
-    a = novel.add_chapter("One", "alpha beta")
-    b = novel.add_chapter("Two")
-    c = novel.add_chapter("")
-    assert [ch["title"] for ch in novel.chapters()] == ["One", "Two", "Chapter 3"]
-    novel.rename_chapter(b, "Storm")
-    novel.move_chapter(c, -2)
-    assert [ch["id"] for ch in novel.chapters()] == [c, a, b]
-    assert novel.chapters()[1]["words"] == 2
-    novel.delete_chapter(a)
-    assert [ch["title"] for ch in novel.chapters()] == ["Chapter 3", "Storm"]
-    assert [ch["position"] for ch in novel.chapters()] == [1, 2]
+    a = novel.chapters.add("One", "alpha beta")
+    b = novel.chapters.add("Two")
+    c = novel.chapters.add("")
+    assert [ch["title"] for ch in novel.chapters.list()] == ["One", "Two", "Chapter 3"]
+    novel.chapters.rename(b, "Storm")
+    novel.chapters.move(c, -2)
+    assert [ch["id"] for ch in novel.chapters.list()] == [c, a, b]
+    assert novel.chapters.list()[1]["words"] == 2
+    novel.chapters.delete(a)
+    assert [ch["title"] for ch in novel.chapters.list()] == ["Chapter 3", "Storm"]
+    assert [ch["position"] for ch in novel.chapters.list()] == [1, 2]
     with pytest.raises(ProjectError):
-        novel.rename_chapter(b, "  ")
+        novel.chapters.rename(b, "  ")
 
 
 def test_continue_streams_saves_and_logs(novel):
-    cid = novel.add_chapter("One", "The keeper climbed the stairs.")
+    cid = novel.chapters.add("One", "The keeper climbed the stairs.")
     events, last = run(novel.continue_chapter(cid, Sampling(max_new_tokens=12, seed=3)))
     deltas = "".join(e.delta for e in events)
     assert last.done and last.result.new_tokens == 12 and deltas
     assert last.text == "The keeper climbed the stairs." + deltas
-    assert novel.text(cid) == last.text
+    assert novel.chapters.text(cid) == last.text
     log = novel.store.query("SELECT * FROM generation_log")
     assert log[0]["status"] == "length" and log[0]["new_tokens"] == 12
     passage = novel.store.query("SELECT * FROM passages WHERE author='model'")[0]
@@ -73,14 +73,14 @@ def test_continue_streams_saves_and_logs(novel):
 
 
 def test_same_seed_same_text_and_prefix_reuse_is_exact(novel, tiny_lm):
-    cid = novel.add_chapter("One", "Rain on the glass.")
+    cid = novel.chapters.add("One", "Rain on the glass.")
     _, first = run(novel.continue_chapter(cid, Sampling(max_new_tokens=10, seed=7)))
-    novel.undo(cid)
+    novel.chapters.undo(cid)
     _, second = run(novel.continue_chapter(cid, Sampling(max_new_tokens=10, seed=7)))
     assert second.stats["reused_tokens"] > 0  # the unchanged prompt came from the cache
     assert first.text == second.text
-    novel._prefix = type(novel._prefix)()  # no cache at all: still the same text
-    novel.undo(cid)
+    novel.prefix_cache = type(novel.prefix_cache)()  # no cache at all: still the same text
+    novel.chapters.undo(cid)
     _, third = run(novel.continue_chapter(cid, Sampling(max_new_tokens=10, seed=7)))
     assert third.stats["reused_tokens"] == 0 and third.text == first.text
 
@@ -96,18 +96,18 @@ def test_stop_halts_within_one_token(novel, tiny_lm):
             cancel.set()
     assert result.stop_reason == "cancelled" and result.new_tokens == at_stop
     # Through the facade: Stop ends the passage, and what was written is kept.
-    cid = novel.add_chapter("One", "Opening.")
+    cid = novel.chapters.add("One", "Opening.")
     for ev in novel.continue_chapter(cid, Sampling(max_new_tokens=500, seed=1)):
         if ev.delta:
             novel.stop()
     assert ev.done and ev.status == "Stopped." and ev.result.new_tokens < 10
-    assert novel.text(cid) == ev.text
+    assert novel.chapters.text(cid) == ev.text
 
 
 def test_streamed_text_is_on_disk_before_the_end(novel, slot):
-    cid = novel.add_chapter("One", "Opening.")
+    cid = novel.chapters.add("One", "Opening.")
     gen = novel.continue_chapter(cid, Sampling(max_new_tokens=400, seed=1))
-    import engine.novel as nv
+    import engine.pipeline as nv
 
     old, nv.AUTOSAVE_S = nv.AUTOSAVE_S, 0.0
     try:
@@ -115,62 +115,62 @@ def test_streamed_text_is_on_disk_before_the_end(novel, slot):
             if i == 20:
                 # Another process opening the project now sees the partial passage.
                 other = Novel.open(novel.folder, slot)
-                assert other.text(cid).startswith("Opening.")
-                assert len(other.text(cid)) > len("Opening.")
+                assert other.chapters.text(cid).startswith("Opening.")
+                assert len(other.chapters.text(cid)) > len("Opening.")
                 novel.stop()
     finally:
         nv.AUTOSAVE_S = old
 
 
 def test_retry_replaces_last_passage_and_keeps_history(novel):
-    cid = novel.add_chapter("One", "Opening.")
+    cid = novel.chapters.add("One", "Opening.")
     _, first = run(novel.continue_chapter(cid, Sampling(max_new_tokens=8, seed=1)))
     _, again = run(novel.retry(cid, Sampling(max_new_tokens=8, seed=2)))
     assert again.text.startswith("Opening.") and again.text != first.text
-    assert novel.undo(cid) == "Opening."
-    assert novel.redo(cid) == again.text
+    assert novel.chapters.undo(cid) == "Opening."
+    assert novel.chapters.redo(cid) == again.text
     # The replaced passage is still in the history (nothing is ever lost).
     texts = [r["text"] for r in novel.store.query("SELECT text FROM revisions")]
     assert first.text in texts
-    novel.save_text(cid, "Writer's own words.")
+    novel.chapters.save(cid, "Writer's own words.")
     with pytest.raises(NovelError, match="not written by the model"):
         list(novel.retry(cid))
 
 
 def test_undo_redo_walk_history_and_typing_coalesces(novel):
-    cid = novel.add_chapter("One", "")
-    novel.save_text(cid, "a")
-    novel.save_text(cid, "ab")
-    novel.save_text(cid, "abc")  # rapid typing: one undo step
-    assert novel.undo(cid) == ""
-    assert novel.redo(cid) == "abc"
-    assert novel.can_undo_redo(cid) == (True, False)
+    cid = novel.chapters.add("One", "")
+    novel.chapters.save(cid, "a")
+    novel.chapters.save(cid, "ab")
+    novel.chapters.save(cid, "abc")  # rapid typing: one undo step
+    assert novel.chapters.undo(cid) == ""
+    assert novel.chapters.redo(cid) == "abc"
+    assert novel.chapters.can_undo_redo(cid) == (True, False)
 
 
 def test_huge_paste_is_refused_and_loses_nothing(novel):
-    cid = novel.add_chapter("One", "Precious words.")
+    cid = novel.chapters.add("One", "Precious words.")
     with pytest.raises(ProjectError, match="too long"):
-        novel.save_text(cid, "x" * (10 * 1024 * 1024))
-    assert novel.text(cid) == "Precious words."
+        novel.chapters.save(cid, "x" * (10 * 1024 * 1024))
+    assert novel.chapters.text(cid) == "Precious words."
     assert len(novel.store.query("SELECT * FROM revisions")) == 1
     assert MAX_CHAPTER_CHARS < 10 * 1024 * 1024
 
 
 def test_busy_novel_refuses_a_second_continue_and_edits(novel):
-    cid = novel.add_chapter("One", "Opening.")
+    cid = novel.chapters.add("One", "Opening.")
     gen = novel.continue_chapter(cid, Sampling(max_new_tokens=50, seed=1))
     next(gen)
     with pytest.raises(NovelError, match="already writing"):
         next(novel.continue_chapter(cid))
     with pytest.raises(NovelError, match="press Stop"):
-        novel.save_text(cid, "edit while writing")
+        novel.chapters.save(cid, "edit while writing")
     novel.stop()
     list(gen)
-    novel.save_text(cid, "now it works")
+    novel.chapters.save(cid, "now it works")
 
 
 def test_model_that_emits_nothing_says_so(novel, tiny_lm):
-    cid = novel.add_chapter("One", "Opening.")
+    cid = novel.chapters.add("One", "Opening.")
 
     class Mute(type(tiny_lm)):
         @property
@@ -182,16 +182,16 @@ def test_model_that_emits_nothing_says_so(novel, tiny_lm):
     novel.model = ModelSlot.ready(Mute.wrap(tiny_lm.model, tiny_lm.tokenizer, "mute"))
     _, last = run(novel.continue_chapter(cid, Sampling(max_new_tokens=5, seed=1)))
     assert "no text" in last.status
-    assert novel.text(cid) == "Opening."
-    assert novel.can_undo_redo(cid) == (False, False)  # no empty undo step left behind
+    assert novel.chapters.text(cid) == "Opening."
+    assert novel.chapters.can_undo_redo(cid) == (False, False)  # no empty undo step left behind
 
 
 def test_background_job_finishes_and_saves_without_a_watcher(novel):
-    cid = novel.add_chapter("One", "Opening.")
+    cid = novel.chapters.add("One", "Opening.")
     job = novel.start(cid, Sampling(max_new_tokens=15, seed=4))
     assert job.done.wait(60)  # nobody iterates: it still runs to the end (a closed tab)
-    assert job.latest.done and novel.text(cid) == job.latest.text
-    assert len(novel.text(cid)) > len("Opening.")
+    assert job.latest.done and novel.chapters.text(cid) == job.latest.text
+    assert len(novel.chapters.text(cid)) > len("Opening.")
     assert not novel.busy
 
 
@@ -199,11 +199,11 @@ def test_import_splits_chapters_and_unwraps(novel, tmp_path):
     f = tmp_path / "book.txt"
     f.write_text("Title page\n\nChapter 1\n\n" + "\n".join(["word " * 12] * 30) +
                  "\n\nChapter 2\n\nSecond chapter text.\n", encoding="utf-8")
-    ids = novel.import_files([f])
-    chapters = novel.chapters()
+    ids = novel.chapters.import_files([f])
+    chapters = novel.chapters.list()
     assert [c["title"] for c in chapters] == ["Chapter 1", "Chapter 2"] and len(ids) == 2
-    assert "\n" not in novel.text(ids[0]).strip()  # hard-wrapped lines were joined
-    assert novel.text(ids[1]) == "Second chapter text."
+    assert "\n" not in novel.chapters.text(ids[0]).strip()  # hard-wrapped lines were joined
+    assert novel.chapters.text(ids[1]) == "Second chapter text."
 
 
 @pytest.mark.parametrize("content,message", [
@@ -217,26 +217,26 @@ def test_bad_imports_change_nothing(novel, tmp_path, content, message):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(content)
     with pytest.raises(ProjectError, match=message):
-        novel.import_files([good, bad])
-    assert novel.chapters() == []
+        novel.chapters.import_files([good, bad])
+    assert novel.chapters.list() == []
 
 
 def test_import_refuses_other_file_types(novel, tmp_path):
     f = tmp_path / "book.pdf"
     f.write_bytes(b"%PDF-1.4")
     with pytest.raises(ProjectError, match="only .txt and .md"):
-        novel.import_files([f])
+        novel.chapters.import_files([f])
 
 
 def test_export_markdown_and_text(novel):
-    novel.add_chapter("One", "First words.")
-    novel.add_chapter("Two", "Second words.")
-    md = novel.export("md")
+    novel.chapters.add("One", "First words.")
+    novel.chapters.add("Two", "Second words.")
+    md = novel.chapters.export("md")
     assert md.startswith("# The Lighthouse") and "## Two\n\nSecond words." in md
-    txt = novel.export("txt")
+    txt = novel.chapters.export("txt")
     assert "The Lighthouse\n==============" in txt and "#" not in txt
     with pytest.raises(ValueError):
-        novel.export("pdf")
+        novel.chapters.export("pdf")
 
 
 def test_library_shares_one_novel_between_callers(library):
@@ -249,13 +249,13 @@ def test_library_shares_one_novel_between_callers(library):
 
 
 def test_a_crash_mid_transaction_leaves_a_project_that_opens(novel, slot):
-    cid = novel.add_chapter("One", "Safe text.")
+    cid = novel.chapters.add("One", "Safe text.")
     with pytest.raises(RuntimeError):
         with novel.store.tx() as db:
             db["chapters"].update(cid, {"title": "half-written"})
             raise RuntimeError("power cut")
     again = Novel.open(novel.folder, slot)
-    assert again.chapters()[0]["title"] == "One" and again.text(cid) == "Safe text."
+    assert again.chapters.list()[0]["title"] == "One" and again.chapters.text(cid) == "Safe text."
 
 
 def test_library_lists_only_novels(library, tmp_path):
@@ -271,14 +271,14 @@ def test_import_replaces_only_an_untouched_blank_first_chapter(library, novel, t
     standing before the book's own chapter 1. A chapter that ever held text stays."""
     f = tmp_path / "book.txt"
     f.write_text("Chapter 1\n\nFirst.\n\nChapter 2\n\nSecond.\n", encoding="utf-8")
-    novel.add_chapter("Chapter 1")
-    ids = novel.import_files([f])
-    assert [c["id"] for c in novel.chapters()] == ids
-    assert [novel.text(i) for i in ids] == ["First.", "Second."]
+    novel.chapters.add("Chapter 1")
+    ids = novel.chapters.import_files([f])
+    assert [c["id"] for c in novel.chapters.list()] == ids
+    assert [novel.chapters.text(i) for i in ids] == ["First.", "Second."]
 
     other = library.open(library.create("Other", "", ""))
-    cid = other.add_chapter("Chapter 1")
-    other.save_text(cid, "A draft.")
-    other.undo(cid)  # blank again, but the draft is one Redo away
-    other.import_files([f])
-    assert [other.text(c["id"]) for c in other.chapters()] == ["", "First.", "Second."]
+    cid = other.chapters.add("Chapter 1")
+    other.chapters.save(cid, "A draft.")
+    other.chapters.undo(cid)  # blank again, but the draft is one Redo away
+    other.chapters.import_files([f])
+    assert [other.chapters.text(c["id"]) for c in other.chapters.list()] == ["", "First.", "Second."]

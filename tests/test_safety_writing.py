@@ -12,7 +12,8 @@ import pytest
 from engine import writer
 from engine_helpers import fake_stream
 from engine.models import ModelSlot
-from engine.novel import LIMIT_REACHED, Novel, NovelError
+from engine.novel import Novel, NovelError
+from engine.pipeline import LIMIT_REACHED
 from engine.store import MAX_CHAPTER_CHARS, ProjectError, Store
 from engine.writer import Sampling
 
@@ -25,8 +26,8 @@ def no_model(spec):
 
 # -- 4. limits agree -------------------------------------------------------------------
 def test_a_full_chapter_is_refused_at_once_before_any_model_loads(novel):
-    cid = novel.add_chapter("Full", "")
-    novel.save_text(cid, "x" * MAX_CHAPTER_CHARS)  # save accepts exactly the limit
+    cid = novel.chapters.add("Full", "")
+    novel.chapters.save(cid, "x" * MAX_CHAPTER_CHARS)  # save accepts exactly the limit
     novel.model = ModelSlot(loader=no_model)
     revisions = len(novel.store.query("SELECT id FROM revisions"))
     t0 = time.perf_counter()
@@ -35,11 +36,11 @@ def test_a_full_chapter_is_refused_at_once_before_any_model_loads(novel):
     with pytest.raises(NovelError, match="length limit"):
         next(novel.continue_chapter(cid, prompt="more"))
     assert time.perf_counter() - t0 < 5
-    small = novel.add_chapter("Two", "x" * (MAX_CHAPTER_CHARS - 100))
+    small = novel.chapters.add("Two", "x" * (MAX_CHAPTER_CHARS - 100))
     with pytest.raises(NovelError, match="length limit"):  # no room left for a passage
         next(novel.continue_chapter(small))
     with pytest.raises(NovelError, match="with the prompt"):
-        next(novel.continue_chapter(novel.add_chapter("Three", "x" * (MAX_CHAPTER_CHARS
+        next(novel.continue_chapter(novel.chapters.add("Three", "x" * (MAX_CHAPTER_CHARS
                                                                      - 1000)),
                                     prompt="y" * 2000))
     assert len(novel.store.query("SELECT id FROM revisions")) == revisions + 2
@@ -50,18 +51,18 @@ def test_a_full_chapter_is_refused_at_once_before_any_model_loads(novel):
 
 def test_streamed_text_stops_at_the_chapter_limit(novel, monkeypatch):
     base = "x" * (MAX_CHAPTER_CHARS - 500)
-    cid = novel.add_chapter("Nearly full", base)
-    novel.set_thought_settings(on=False)
+    cid = novel.chapters.add("Nearly full", base)
+    novel.thoughts.set_settings(on=False)
     monkeypatch.setattr(writer, "stream", fake_stream([" word" * 40] * 10))
     last = list(novel.continue_chapter(cid))[-1]
-    assert len(novel.text(cid)) == MAX_CHAPTER_CHARS == len(last.text)
+    assert len(novel.chapters.text(cid)) == MAX_CHAPTER_CHARS == len(last.text)
     assert last.status == LIMIT_REACHED and last.stats["stop_reason"] == "limit"
     assert novel.store.query("SELECT status FROM generation_log")[0]["status"] == "limit"
 
 
 # -- 5. one writer per novel ---------------------------------------------------------------
 def test_a_second_novel_object_cannot_write_while_the_first_does(novel, slot):
-    cid = novel.add_chapter("One", "Opening.")
+    cid = novel.chapters.add("One", "Opening.")
     gen = novel.continue_chapter(cid, Sampling(max_new_tokens=50, seed=1))
     next(gen)
     other = Novel.open(novel.folder, slot)
@@ -72,7 +73,7 @@ def test_a_second_novel_object_cannot_write_while_the_first_does(novel, slot):
         with pytest.raises(NovelError, match="being written by another process"):
             attempt()
     assert len(other.store.query("SELECT id FROM revisions")) == revisions
-    assert other.text(cid) == novel.text(cid)  # Retry did not undo anything
+    assert other.chapters.text(cid) == novel.chapters.text(cid)  # Retry did not undo anything
     novel.stop()
     list(gen)
     last = list(other.continue_chapter(cid, Sampling(max_new_tokens=3, seed=1)))[-1]
@@ -93,7 +94,7 @@ except NovelError as e:
 
 
 def test_a_second_process_is_refused_at_once(novel):
-    cid = novel.add_chapter("One", "Opening.")
+    cid = novel.chapters.add("One", "Opening.")
     gen = novel.continue_chapter(cid, Sampling(max_new_tokens=50, seed=1))
     next(gen)
     try:
@@ -116,7 +117,7 @@ def progress(items):
         if i == 2:
             os.kill(os.getpid(), signal.SIGKILL)
         yield item
-n.import_files([sys.argv[2]], progress=progress)
+n.chapters.import_files([sys.argv[2]], progress=progress)
 """
 
 
@@ -128,18 +129,18 @@ def book(tmp_path, n=4):
 
 
 def test_a_kill_mid_import_leaves_nothing(novel, tmp_path):
-    keep = novel.add_chapter("Mine", "My own chapter.")
+    keep = novel.chapters.add("Mine", "My own chapter.")
     p = subprocess.run([sys.executable, "-c", IMPORT_KILLED, str(novel.folder),
                         str(book(tmp_path))], cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == -9, p.stderr
     again = Novel.open(novel.folder, novel.model)
-    assert [c["id"] for c in again.chapters()] == [keep]
+    assert [c["id"] for c in again.chapters.list()] == [keep]
     again.close()
 
 
 def test_a_failed_import_adds_nothing_and_keeps_the_blank_chapter(novel, tmp_path):
-    blank = novel.add_chapter("Chapter 1")
+    blank = novel.chapters.add("Chapter 1")
 
     def progress(items):
         for i, item in enumerate(items):
@@ -148,47 +149,47 @@ def test_a_failed_import_adds_nothing_and_keeps_the_blank_chapter(novel, tmp_pat
             yield item
 
     with pytest.raises(KeyboardInterrupt):
-        novel.import_files([book(tmp_path)], progress=progress)
-    assert [c["id"] for c in novel.chapters()] == [blank]
-    ids = novel.import_files([book(tmp_path)])
-    assert [c["id"] for c in novel.chapters()] == ids and len(ids) == 4
+        novel.chapters.import_files([book(tmp_path)], progress=progress)
+    assert [c["id"] for c in novel.chapters.list()] == [blank]
+    ids = novel.chapters.import_files([book(tmp_path)])
+    assert [c["id"] for c in novel.chapters.list()] == ids and len(ids) == 4
 
 
 # -- 9. store hygiene -----------------------------------------------------------------------
 def test_a_read_only_database_says_so_in_one_line(novel, tmp_path):
-    cid = novel.add_chapter("One", "Safe.")
+    cid = novel.chapters.add("One", "Safe.")
     novel.store.db.execute("PRAGMA query_only=ON")  # what a read-only file does to writes
     try:
-        for write in (lambda: novel.save_text(cid, "Safe. More."),
-                      lambda: novel.add_memory("A fact."),
-                      lambda: novel.import_files([book(tmp_path)]),
-                      lambda: novel.delete_chapter(cid)):
+        for write in (lambda: novel.chapters.save(cid, "Safe. More."),
+                      lambda: novel.memories.add("A fact."),
+                      lambda: novel.chapters.import_files([book(tmp_path)]),
+                      lambda: novel.chapters.delete(cid)):
             with pytest.raises(ProjectError, match="read-only") as err:
                 write()
             assert "Nothing was saved" in str(err.value) and "\n" not in str(err.value)
     finally:
         novel.store.db.execute("PRAGMA query_only=OFF")
-    assert novel.text(cid) == "Safe." and len(novel.chapters()) == 1
-    novel.save_text(cid, "Safe. Now writable.")  # and the store still works
+    assert novel.chapters.text(cid) == "Safe." and len(novel.chapters.list()) == 1
+    novel.chapters.save(cid, "Safe. Now writable.")  # and the store still works
 
 
 def test_a_full_disk_says_so_and_keeps_the_novel_whole(novel, tmp_path):
-    cid = novel.add_chapter("One", "Safe.")
+    cid = novel.chapters.add("One", "Safe.")
     db = novel.store.db
     db.execute(f"PRAGMA max_page_count={db.execute('PRAGMA page_count').fetchone()[0] + 2}")
     big = tmp_path / "big.txt"
     big.write_text("Chapter 1\n\n" + "A long sentence of the book. " * 20000, encoding="utf-8")
     with pytest.raises(ProjectError, match="disk is full"):
-        novel.import_files([big])
+        novel.chapters.import_files([big])
     with pytest.raises(ProjectError, match="disk is full"):
-        novel.save_text(cid, "Safe. " + "More words. " * 20000)
+        novel.chapters.save(cid, "Safe. " + "More words. " * 20000)
     db.execute("PRAGMA max_page_count=1073741823")
-    assert [c["id"] for c in novel.chapters()] == [cid] and novel.text(cid) == "Safe."
+    assert [c["id"] for c in novel.chapters.list()] == [cid] and novel.chapters.text(cid) == "Safe."
 
 
 def test_rows_left_running_by_a_killed_process_are_marked_interrupted(novel, slot):
-    cid = novel.add_chapter("One", "Opening.")
-    log = novel.store.log_generation(chapter_id=cid, revision_id=novel.head(cid),
+    cid = novel.chapters.add("One", "Opening.")
+    log = novel.store.log_generation(chapter_id=cid, revision_id=novel.chapters.head(cid),
                                      model="m", params={}, receipt={}, prompt_tokens=0,
                                      new_tokens=0, seconds=0.0, status="running")
     assert novel.store.lock_writer()  # a live writer elsewhere: its row is left alone

@@ -18,8 +18,8 @@ def _book(novel, cue="At the shore Elena hesitated; she had never learned to swi
                      "water frightened her."):
     """An old chapter holding the fact amid filler, and a new chapter whose end needs it."""
     novel.store.add_chapter("Old days", FILLER * 3 + FACT + " " + FILLER * 3, action="import")
-    cid = novel.add_chapter("The crossing", "")
-    novel.save_text(cid, FILLER * 2 + cue)
+    cid = novel.chapters.add("The crossing", "")
+    novel.chapters.save(cid, FILLER * 2 + cue)
     return cid
 
 
@@ -51,7 +51,7 @@ def test_recall_brings_back_a_fact_far_outside_the_window(novel):
     assert FACT in top["text"] and top["key"].startswith("passage:")
     assert top["score"] > 0.3 and "similar" in top["why"]
     # The same prompt with recall switched off has no trace of it.
-    novel.set_recall_settings(enabled=False)
+    novel.memories.set_settings(enabled=False)
     ids, receipt = novel.build_context(cid, budget=1500)
     assert "grey as slate" not in _tok(novel).decode(ids)
     assert not [b for b in receipt["blocks"] if b["kind"] in ("recalled", "associated")]
@@ -59,20 +59,20 @@ def test_recall_brings_back_a_fact_far_outside_the_window(novel):
 
 def test_text_edited_out_of_the_book_is_not_recalled(novel):
     cid = _book(novel)
-    old = novel.chapter_id(1)
-    assert any(FACT in h.text for h in novel.semantic.recall(novel.text(cid)))
-    novel.save_text(old, novel.text(old).replace(FACT, "She liked the sea."))
-    assert not any(FACT in h.text for h in novel.semantic.recall(novel.text(cid)))
+    old = novel.chapters.id(1)
+    assert any(FACT in h.text for h in novel.memories.semantic.recall(novel.chapters.text(cid)))
+    novel.chapters.save(old, novel.chapters.text(old).replace(FACT, "She liked the sea."))
+    assert not any(FACT in h.text for h in novel.memories.semantic.recall(novel.chapters.text(cid)))
 
 
 def test_receipt_lists_exactly_the_prompt_ids(novel):
-    cid = novel.add_chapter("The crossing", "")
-    novel.set_recall_settings(k=1)  # one similar hit; its link comes in as tier 1
-    pin = novel.add_memory("The lighthouse lamp is green.", pin=True)
-    a = novel.add_memory("Elena keeps a slate-grey stone from the swimming lesson she fled.")
-    b = novel.add_memory("The stone came from her brother Tomas.")
-    novel.link(a, b)
-    novel.save_text(cid, FILLER * 8 + "At the shore Elena hesitated, afraid of the water.")
+    cid = novel.chapters.add("The crossing", "")
+    novel.memories.set_settings(k=1)  # one similar hit; its link comes in as tier 1
+    pin = novel.memories.add("The lighthouse lamp is green.", pin=True)
+    a = novel.memories.add("Elena keeps a slate-grey stone from the swimming lesson she fled.")
+    b = novel.memories.add("The stone came from her brother Tomas.")
+    novel.memories.link(a, b)
+    novel.chapters.save(cid, FILLER * 8 + "At the shore Elena hesitated, afraid of the water.")
     tok = _tok(novel)
     ids, receipt = novel.build_context(cid, budget=1000)
     kinds = [bl["kind"] for bl in receipt["blocks"]]
@@ -100,16 +100,16 @@ def test_receipt_lists_exactly_the_prompt_ids(novel):
 
 def test_overflow_drops_lowest_priority_never_pins(novel):
     cid = _book(novel)
-    pins = [novel.add_memory(f"Pinned fact number {i}: the tower has {i} windows.", pin=True)
+    pins = [novel.memories.add(f"Pinned fact number {i}: the tower has {i} windows.", pin=True)
             for i in range(3)]
     for i in range(12):
-        novel.add_memory(f"Elena was afraid of the deep water, memory {i}, near the shore.")
+        novel.memories.add(f"Elena was afraid of the deep water, memory {i}, near the shore.")
     tok = _tok(novel)
-    pin_tokens = sum(len(_encode(tok, f"[Remember: {novel.memory(p)['text']}]\n"))
+    pin_tokens = sum(len(_encode(tok, f"[Remember: {novel.memories.get(p)['text']}]\n"))
                      for p in pins)
     ids, receipt = novel.build_context(cid, budget=pin_tokens + 120)
     labels = [bl["label"] for bl in receipt["blocks"]]
-    assert all(f"“{novel.memory(p)['text']}”" in labels for p in pins)
+    assert all(f"“{novel.memories.get(p)['text']}”" in labels for p in pins)
     assert not [d for d in receipt["dropped"] if d["kind"] == "pinned"]
     assert any(d["kind"] in ("recalled", "associated", "tail", "bible")
                for d in receipt["dropped"])
@@ -122,19 +122,19 @@ def test_overflow_drops_lowest_priority_never_pins(novel):
 
 
 def test_association_tiers_follow_links_to_the_configured_depth(novel):
-    cid = novel.add_chapter("Now", "")
-    novel.save_text(cid, "Captain Harrow stood on the deck of his ship in the storm.")
-    root = novel.add_memory("Captain Harrow commands the ship called the Morning Gull.")
-    tier1 = [novel.add_memory(f"Quartermaster note {i}: rope, tar and biscuits.")
+    cid = novel.chapters.add("Now", "")
+    novel.chapters.save(cid, "Captain Harrow stood on the deck of his ship in the storm.")
+    root = novel.memories.add("Captain Harrow commands the ship called the Morning Gull.")
+    tier1 = [novel.memories.add(f"Quartermaster note {i}: rope, tar and biscuits.")
              for i in range(12)]
-    tier2 = [novel.add_memory(f"Ledger line {i}: paid in silver.") for i in range(5)]
+    tier2 = [novel.memories.add(f"Ledger line {i}: paid in silver.") for i in range(5)]
     for m in tier1:
-        novel.link(root, m)
+        novel.memories.link(root, m)
     for m in tier2:
-        novel.link(tier1[0], m)
-    novel.set_recall_settings(k=1, depth=2, min_score=0.3)
-    hits = novel.semantic.recall("Captain Harrow stood on the deck of his ship.",
-                                 novel.recall_settings())
+        novel.memories.link(tier1[0], m)
+    novel.memories.set_settings(k=1, depth=2, min_score=0.3)
+    hits = novel.memories.semantic.recall("Captain Harrow stood on the deck of his ship.",
+                                 novel.settings.get("recall"))
     by_tier = {t: [h for h in hits if h.tier == t] for t in (0, 1, 2)}
     assert [h.key for h in by_tier[0]] == [f"memory:{root}"]
     assert len(by_tier[1]) == 10 and all(h.via == f"memory:{root}" for h in by_tier[1])
@@ -142,31 +142,31 @@ def test_association_tiers_follow_links_to_the_configured_depth(novel):
     assert 1 <= len(by_tier[2]) <= 3 * 10
     assert all(h.via in {x.key for x in by_tier[1]} for h in by_tier[2])
     assert len([h for h in by_tier[2] if h.via == f"memory:{tier1[0]}"]) <= 3
-    novel.set_recall_settings(depth=1)
-    hits = novel.semantic.recall("Captain Harrow stood on the deck of his ship.",
-                                 novel.recall_settings())
+    novel.memories.set_settings(depth=1)
+    hits = novel.memories.semantic.recall("Captain Harrow stood on the deck of his ship.",
+                                 novel.settings.get("recall"))
     assert max(h.tier for h in hits) == 1
 
 
 def test_cooccurrence_links_items_that_share_names(novel):
     novel.store.add_chapter("One", "Mirela walked to the mill with Oskar. The mill wheel "
                                    "turned slowly in the brown river.", action="import")
-    m = novel.add_memory("Oskar is Mirela's cousin.")
-    novel.semantic.sync()
-    near = {k for k, how, _ in novel.semantic.neighbours(f"memory:{m}", 10)}
+    m = novel.memories.add("Oskar is Mirela's cousin.")
+    novel.memories.semantic.sync()
+    near = {k for k, how, _ in novel.memories.semantic.neighbours(f"memory:{m}", 10)}
     assert "passage:1#0" in near
 
 
 def test_incremental_updates_edits_and_rebuild(novel, tmp_path):
-    mem = novel.semantic
-    a = novel.add_memory("The bell tower leans to the east.")
+    mem = novel.memories.semantic
+    a = novel.memories.add("The bell tower leans to the east.")
     assert mem.sync()["embedded"] == 1
     assert mem.sync()["changed"] == 0  # nothing new: no embedding at all
-    novel.edit_memory(a, "The bell tower was struck by lightning in spring.")
+    novel.memories.edit(a, "The bell tower was struck by lightning in spring.")
     assert mem.sync()["embedded"] == 1
     assert mem.search("lightning storm hit the tower", 1)[0][0] == f"memory:{a}"
-    b = novel.add_memory("Bread is baked at dawn.")
-    novel.delete_memory(b)
+    b = novel.memories.add("Bread is baked at dawn.")
+    novel.memories.delete(b)
     mem.sync()
     assert mem.size == 1
     # A damaged index file is rebuilt from the database on the next open.
@@ -180,15 +180,15 @@ def test_incremental_updates_edits_and_rebuild(novel, tmp_path):
     (mem.dir / "meta.json").write_text(json.dumps(meta))
     stats = semantic.SemanticMemory(novel.store).sync()
     assert "another embedder" in stats["rebuilt"]
-    assert novel.rebuild_memory()["items"] == 1
+    assert novel.memories.rebuild()["items"] == 1
 
 
 def test_a_big_backlog_is_embedded_in_batches_in_the_background(novel):
     import time
 
-    mem = novel.semantic
+    mem = novel.memories.semantic
     for i in range(7):
-        novel.add_memory(f"Backlog fact {i}: the mill has {i} sails.")
+        novel.memories.add(f"Backlog fact {i}: the mill has {i} sails.")
     stats = mem.sync(limit=2)
     assert stats["embedded"] == 2 and stats["pending"] == 5
     assert mem.sync(limit=2)["pending"] == 3  # resumes where it stopped
@@ -201,38 +201,38 @@ def test_a_big_backlog_is_embedded_in_batches_in_the_background(novel):
 
 
 def test_pin_sentence_unpin_and_delete(novel):
-    cid = novel.add_chapter("One", "")
-    novel.save_text(cid, "The door was red. Nobody had opened it in years.")
-    mid = novel.pin_sentence("The door was red.", chapter_id=cid)
-    row = novel.memory(mid)
+    cid = novel.chapters.add("One", "")
+    novel.chapters.save(cid, "The door was red. Nobody had opened it in years.")
+    mid = novel.memories.pin_sentence("The door was red.", chapter_id=cid)
+    row = novel.memories.get(mid)
     assert row["pinned"] == 1 and row["kind"] == "manuscript" and row["source"] == f"chapter:{cid}"
     with pytest.raises(NovelError):
-        novel.pin_sentence("The door was blue.", chapter_id=cid)
-    assert novel.pin_sentence("The door was red.", chapter_id=cid) == mid
-    novel.unpin(mid)
-    assert novel.memory(mid)["pinned"] == 0
-    other = novel.add_memory("A second fact.")
-    novel.link(mid, other)
-    novel.delete_memory(mid)
+        novel.memories.pin_sentence("The door was blue.", chapter_id=cid)
+    assert novel.memories.pin_sentence("The door was red.", chapter_id=cid) == mid
+    novel.memories.unpin(mid)
+    assert novel.memories.get(mid)["pinned"] == 0
+    other = novel.memories.add("A second fact.")
+    novel.memories.link(mid, other)
+    novel.memories.delete(mid)
     assert not novel.store.query("SELECT * FROM associations")
     with pytest.raises(NovelError):
-        novel.pin(mid)
+        novel.memories.pin(mid)
     with pytest.raises(NovelError):
-        novel.link(other, 999)
+        novel.memories.link(other, 999)
 
 
 def test_accepted_passage_goes_into_semantic_memory(novel):
     from engine.writer import Sampling
 
-    cid = novel.add_chapter("One", "")
-    novel.save_text(cid, "The keeper lit the lamp.")
-    before = novel.semantic.size
+    cid = novel.chapters.add("One", "")
+    novel.chapters.save(cid, "The keeper lit the lamp.")
+    before = novel.memories.semantic.size
     for _ in novel.continue_chapter(cid, Sampling(max_new_tokens=12, seed=1)):
         pass
     pid = novel.store.query("SELECT id FROM passages ORDER BY id DESC LIMIT 1")[0]["id"]
-    assert novel.semantic.last_sync.get("embedded", 0) >= 1  # the hook ran, not a lazy sync
-    assert novel.semantic.size > before
-    assert novel.semantic.text_of(f"passage:{pid}#0")
+    assert novel.memories.semantic.last_sync.get("embedded", 0) >= 1  # the hook ran, not a lazy sync
+    assert novel.memories.semantic.size > before
+    assert novel.memories.semantic.text_of(f"passage:{pid}#0")
 
 
 def test_schema_migrates_from_version_1(tmp_path):

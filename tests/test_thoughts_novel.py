@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from engine import writer
+from engine.errors import UserError
 from engine.thoughts import BEGIN, END
 from engine.writer import Sampling
 
@@ -19,23 +20,23 @@ def write(novel, cid, max_new_tokens=10):
 
 
 def test_a_note_follows_each_passage_and_stays_out_of_the_book(novel):
-    cid = novel.add_chapter("One", "The keeper climbed the stairs.")
+    cid = novel.chapters.add("One", "The keeper climbed the stairs.")
     last = write(novel, cid)
-    notes = novel.list_thoughts(cid)
+    notes = novel.thoughts.list(cid)
     assert len(notes) == 1 and notes[0]["anchor"] == len(last.text)
-    assert notes[0]["text"] and notes[0]["text"] not in novel.text(cid)
+    assert notes[0]["text"] and notes[0]["text"] not in novel.chapters.text(cid)
     for fmt in ("md", "txt"):
-        assert notes[0]["text"] not in novel.export(fmt)
-    with_notes = novel.export_with_notes()
+        assert notes[0]["text"] not in novel.chapters.export(fmt)
+    with_notes = novel.chapters.export("notes")
     assert "Margin note:" in with_notes and notes[0]["text"] in with_notes
-    novel.set_thought_settings(on=False)
+    novel.thoughts.set_settings(on=False)
     write(novel, cid)
-    assert len(novel.list_thoughts(cid)) == 1  # the setting turns them off
+    assert len(novel.thoughts.list(cid)) == 1  # the setting turns them off
 
 
 def test_inline_thoughts_from_the_model_go_to_the_margin(novel, monkeypatch):
-    cid = novel.add_chapter("One", "Start.")
-    novel.set_thought_settings(on=False)
+    cid = novel.chapters.add("One", "Start.")
+    novel.thoughts.set_settings(on=False)
     pieces = [" She ran", f" {BEGIN}she fears", f" the sea{END} to", " the boat.", f"{END}"]
 
     def fake_stream(lm, ids, sampling, cancel=None, prefix=None, prefix_key=None,
@@ -47,21 +48,21 @@ def test_inline_thoughts_from_the_model_go_to_the_margin(novel, monkeypatch):
 
     monkeypatch.setattr(writer, "stream", fake_stream)
     last = list(novel.continue_chapter(cid))[-1]
-    assert last.text == "Start. She ran  to the boat." == novel.text(cid)
-    assert BEGIN not in novel.text(cid) and END not in novel.text(cid)
-    notes = novel.list_thoughts(cid)
+    assert last.text == "Start. She ran  to the boat." == novel.chapters.text(cid)
+    assert BEGIN not in novel.chapters.text(cid) and END not in novel.chapters.text(cid)
+    notes = novel.thoughts.list(cid)
     assert [n["text"] for n in notes] == ["she fears the sea"]
-    assert novel.text(cid)[:notes[0]["anchor"]] == "Start. She ran "
+    assert novel.chapters.text(cid)[:notes[0]["anchor"]] == "Start. She ran "
 
 
 def test_edited_note_changes_what_the_model_writes_next(novel, tiny_lm):
     import torch
 
-    cid = novel.add_chapter("One", "The keeper climbed the stairs.")
-    novel.set_thought_settings(on=False)
-    tid = novel.add_thought(cid, "The lamp must be lit before dark.")
+    cid = novel.chapters.add("One", "The keeper climbed the stairs.")
+    novel.thoughts.set_settings(on=False)
+    tid = novel.thoughts.add(cid, "The lamp must be lit before dark.")
     ids1, _ = novel.build_context(cid)
-    novel.edit_thought(tid, "A stranger waits on the rocks below, soaked and silent.")
+    novel.thoughts.edit(tid, "A stranger waits on the rocks below, soaked and silent.")
     ids2, receipt2 = novel.build_context(cid)
     tail = receipt2["blocks"][-1]["text"]
     assert f"{BEGIN}A stranger waits" in tail and "lamp" not in tail
@@ -76,34 +77,34 @@ def test_edited_note_changes_what_the_model_writes_next(novel, tiny_lm):
 
 
 def test_anchor_follows_the_writers_edits(novel):
-    cid = novel.add_chapter("One", "First paragraph.\n\nSecond paragraph.")
-    novel.set_thought_settings(on=False)
-    tid = novel.add_thought(cid, "after the first", anchor=len("First paragraph."))
-    novel.save_text(cid, "A much longer first paragraph now.\n\nSecond paragraph.")
+    cid = novel.chapters.add("One", "First paragraph.\n\nSecond paragraph.")
+    novel.thoughts.set_settings(on=False)
+    tid = novel.thoughts.add(cid, "after the first", anchor=len("First paragraph."))
+    novel.chapters.save(cid, "A much longer first paragraph now.\n\nSecond paragraph.")
     anchor = novel.thoughts.get(tid)["anchor"]
-    assert novel.text(cid)[:anchor] == "A much longer first paragraph now."
+    assert novel.chapters.text(cid)[:anchor] == "A much longer first paragraph now."
 
 
 def test_plan_first_puts_the_note_before_the_passage(novel):
-    cid = novel.add_chapter("One", "Opening line.")
-    novel.set_thought_settings(on=True, plan_first=True)
+    cid = novel.chapters.add("One", "Opening line.")
+    novel.thoughts.set_settings(on=True, plan_first=True)
     last = write(novel, cid)
-    notes = novel.list_thoughts(cid)
+    notes = novel.thoughts.list(cid)
     assert len(notes) == 1 and notes[0]["anchor"] == len("Opening line.")
     tail = last.receipt["blocks"][-1]["text"]
     assert f"{BEGIN}{notes[0]['text'][:10]}" in tail  # the model read its plan
 
 
 def test_typed_markers_cannot_open_a_thought(novel):
-    cid = novel.add_chapter("One", f"A sign: {BEGIN}KEEP OUT{END}.")
-    novel.set_thought_settings(on=False)
+    cid = novel.chapters.add("One", f"A sign: {BEGIN}KEEP OUT{END}.")
+    novel.thoughts.set_settings(on=False)
     _, receipt = novel.build_context(cid)
     assert BEGIN not in receipt["blocks"][-1]["text"]
     assert "KEEP OUT" in receipt["blocks"][-1]["text"]
 
 
 def test_thoughts_cli_round_trip(novel):
-    cid = novel.add_chapter("One", "Text.")
+    cid = novel.chapters.add("One", "Text.")
     folder = str(novel.folder)
 
     def cli(*args):
@@ -123,9 +124,9 @@ def test_thoughts_cli_round_trip(novel):
 
 
 def test_a_note_after_each_paragraph_anchored_at_its_end(novel, monkeypatch):
-    import engine.novel as novel_mod
+    import engine.pipeline as novel_mod
 
-    cid = novel.add_chapter("One", "Start.")
+    cid = novel.chapters.add("One", "Start.")
     paras = ["The keeper climbed the stairs and counted every one of them twice, as his "
              "father had, because a lighthouse that is not counted is a lighthouse that "
              "forgets what it is for.",
@@ -146,17 +147,17 @@ def test_a_note_after_each_paragraph_anchored_at_its_end(novel, monkeypatch):
 
     monkeypatch.setattr(writer, "stream", fake_stream)
     monkeypatch.setattr(novel_mod, "write_note", fake_note)
-    novel.set_thought_settings(every="paragraph")
+    novel.thoughts.set_settings(every="paragraph")
     list(novel.continue_chapter(cid))
-    text = novel.text(cid)
-    notes = novel.list_thoughts(cid)
+    text = novel.chapters.text(cid)
+    notes = novel.thoughts.list(cid)
     assert [n["text"] for n in notes] == ["note 1", "note 2"]
     assert [p.strip() for p in seen] == paras  # each note is about its own paragraph
     assert [text[:n["anchor"]].rstrip()[-7:] for n in notes] == ["is for.", "itself."]
     try:
-        novel.set_thought_settings(every="often")
+        novel.thoughts.set_settings(every="often")
     except Exception as e:  # noqa: BLE001 - the facade's own error, with the reason
-        assert type(e).__name__ == "NovelError" and "every N tokens" in str(e)
+        assert isinstance(e, UserError) and "every N tokens" in str(e)
     else:
         raise AssertionError("a bad cadence was accepted")
-    assert novel.thought_settings()["every"] == "paragraph"
+    assert novel.thoughts.settings()["every"] == "paragraph"

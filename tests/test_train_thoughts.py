@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from engine import writer
+from engine.errors import UserError
 from engine.novel import NovelError
 from engine.thoughts import BEGIN, END, escape_prose, inline, split
 from engine.train import thoughts as tt
@@ -203,48 +204,48 @@ def test_self_mode_routes_inline_bubbles_with_the_adapter_on_only_for_that_novel
     own = library.open(library.create("Self", "A keeper."))
     other = library.open(library.create("Prompted", "A sailor."))
     folder = saved_adapter(tiny_lm, tmp_path / "ad")
-    own.set_thought_settings(mode="self", adapter=str(folder))
-    assert own.thought_settings()["mode"] == "self"
-    assert other.thought_settings()["mode"] == "prompt"
+    own.thoughts.set_settings(mode="self", adapter=str(folder))
+    assert own.thoughts.settings()["mode"] == "self"
+    assert other.thoughts.settings()["mode"] == "prompt"
     seen = []
     monkeypatch.setattr(writer, "stream", fake_stream(
         [" She ran.", f"{BEGIN}she fears", f" the sea{END}", "\n\nThen calm."], seen))
-    import engine.novel as novel_mod
+    import engine.pipeline as novel_mod
 
     def no_prompt(*a, **k):
         raise AssertionError("self mode asks no summarising prompt")
     monkeypatch.setattr(novel_mod, "write_note", no_prompt)
-    cid = own.add_chapter("One", "Start.")
+    cid = own.chapters.add("One", "Start.")
     last = list(own.continue_chapter(cid))[-1]
-    assert last.text == own.text(cid) == "Start. She ran.\n\nThen calm."
-    notes = own.list_thoughts(cid)
+    assert last.text == own.chapters.text(cid) == "Start. She ran.\n\nThen calm."
+    notes = own.thoughts.list(cid)
     assert [n["text"] for n in notes] == ["she fears the sea"]
-    assert own.text(cid)[:notes[0]["anchor"]] == "Start. She ran."
+    assert own.chapters.text(cid)[:notes[0]["anchor"]] == "Start. She ran."
     assert seen[0]["attached"] and seen[0]["hooks"] > 0  # applied while it wrote
     assert hooks(tiny_lm.model) == 0  # and gone afterwards
 
     monkeypatch.setattr(novel_mod, "write_note", lambda *a, **k: "a prompted note")
     monkeypatch.setattr(writer, "stream", fake_stream([" He sailed."], seen))
-    cid2 = other.add_chapter("One", "Start.")
+    cid2 = other.chapters.add("One", "Start.")
     list(other.continue_chapter(cid2))
     assert not seen[1]["attached"] and seen[1]["hooks"] == 0  # never leaks
     assert seen[0]["key"] != seen[1]["key"]  # no key/value cache shared across modes
-    assert [n["text"] for n in other.list_thoughts(cid2)] == ["a prompted note"]
+    assert [n["text"] for n in other.thoughts.list(cid2)] == ["a prompted note"]
 
 
 def test_self_mode_plan_first_opens_the_stream_with_a_note(novel, tiny_lm, tmp_path,
                                                             monkeypatch):
-    novel.set_thought_settings(plan_first=True, mode="self",
+    novel.thoughts.set_settings(plan_first=True, mode="self",
                                adapter=str(saved_adapter(tiny_lm, tmp_path / "ad")))
     seen = []
     monkeypatch.setattr(writer, "stream", fake_stream(["she must find Ada", END, " Go."],
                                                       seen))
-    cid = novel.add_chapter("One", "Start.")
+    cid = novel.chapters.add("One", "Start.")
     list(novel.continue_chapter(cid))
     begin = tiny_lm.tokenizer(BEGIN, add_special_tokens=False)["input_ids"]
     assert seen[0]["ids"][-len(begin):] == begin
-    assert novel.text(cid) == "Start. Go."
-    assert [(n["anchor"], n["text"]) for n in novel.list_thoughts(cid)] == [
+    assert novel.chapters.text(cid) == "Start. Go."
+    assert [(n["anchor"], n["text"]) for n in novel.thoughts.list(cid)] == [
         (len("Start."), "she must find Ada")]
 
 
@@ -252,20 +253,20 @@ def test_self_mode_refuses_a_missing_foreign_or_unknown_setting(novel, tiny_lm, 
                                                                 monkeypatch):
     monkeypatch.setenv("MNEMOSYNE_CACHE", str(tmp_path / "cache"))
     with pytest.raises(NovelError, match="train thoughts"):
-        novel.set_thought_settings(mode="self")  # no default adapter for this model
+        novel.thoughts.set_settings(mode="self")  # no default adapter for this model
     with pytest.raises(NovelError, match="There is no adapter"):
-        novel.set_thought_settings(mode="self", adapter=str(tmp_path / "nowhere"))
+        novel.thoughts.set_settings(mode="self", adapter=str(tmp_path / "nowhere"))
     foreign = dataclasses.replace(tiny_lm, name="another", fingerprint="0123456789abcdef")
     folder = saved_adapter(foreign, tmp_path / "foreign")
     with pytest.raises(NovelError, match="another model"):
-        novel.set_thought_settings(mode="self", adapter=str(folder))
-    with pytest.raises(NovelError, match="Unknown thought mode"):
-        novel.set_thought_settings(mode="dream")
-    assert novel.thought_settings()["mode"] == "prompt"  # nothing was saved
+        novel.thoughts.set_settings(mode="self", adapter=str(folder))
+    with pytest.raises(UserError, match="Unknown thoughts mode"):
+        novel.thoughts.set_settings(mode="dream")
+    assert novel.thoughts.settings()["mode"] == "prompt"  # nothing was saved
     # the default place is where 'train thoughts' saves: found without a path
     saved_adapter(tiny_lm, tt.default_dir(tiny_lm))
-    novel.set_thought_settings(mode="self")
-    assert novel.thought_settings() == {"on": True, "plan_first": False, "mode": "self",
+    novel.thoughts.set_settings(mode="self")
+    assert novel.thoughts.settings() == {"on": True, "plan_first": False, "mode": "self",
                                         "adapter": "", "every": "paragraph"}
 
 

@@ -73,9 +73,9 @@ def test_no_open_novel_is_the_writers_error(page):
 
 def test_the_streamed_continue_shows_an_internal_error_and_gives_the_editor_back(
         page, novel, monkeypatch, caplog):
-    cid = novel.add_chapter("One", "The keeper climbed the stairs.")
+    cid = novel.chapters.add("One", "The keeper climbed the stairs.")
     cont = handler(page, "continue")
-    args = (novel.folder.name, cid, novel.text(cid), None, 0.8, 0.95, 8, 1)
+    args = (novel.folder.name, cid, novel.chapters.text(cid), None, 0.8, 0.95, 8, 1)
 
     def broken_start(self, *a, **kw):
         raise KeyError("bug before the first token")
@@ -100,7 +100,7 @@ def test_the_streamed_continue_shows_an_internal_error_and_gives_the_editor_back
         outs = list(cont(*args))
     editor, status = update(outs[-1][0]), outs[-1][1]
     assert INTERNAL in status
-    assert editor.get("interactive") is True and editor.get("value") == novel.text(cid)
+    assert editor.get("interactive") is True and editor.get("value") == novel.chapters.text(cid)
     assert "bug while streaming" in caplog.text and "Traceback" in caplog.text
 
     # A writer's error from the engine is shown as is.

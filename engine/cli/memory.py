@@ -28,7 +28,7 @@ def cmd_memory(args) -> int:
     if act in ("list", "search"):
         if act == "search" and not (args.query or "").strip():
             raise ValueError("search needs a query: memory search 'what to look for'")
-        rows = novel.memories(args.query, limit=args.limit)
+        rows = novel.memories.list(args.query, limit=args.limit)
         if args.json:
             print(json.dumps([{k: m[k] for k in ("id", "key", "kind", "pinned", "text", "score")}
                               for m in rows]))
@@ -39,22 +39,22 @@ def cmd_memory(args) -> int:
                   f"{m['text'][:100]}")
         return 0
     if act == "add":
-        mid = novel.add_memory(" ".join(args.text), pin=args.pin)
+        mid = novel.memories.add(" ".join(args.text), pin=args.pin)
         print(f"Added memory {mid}{' (pinned)' if args.pin else ''}.")
     elif act in ("pin", "unpin"):
-        mid = getattr(novel, act)(_memory_ref(args.ref, keys=act == "pin"))
+        mid = getattr(novel.memories, act)(_memory_ref(args.ref, keys=act == "pin"))
         print(f"Memory {mid} {act}ned.")
     elif act == "edit":
-        novel.edit_memory(_memory_ref(args.ref), " ".join(args.text))
+        novel.memories.edit(_memory_ref(args.ref), " ".join(args.text))
         print(f"Memory {args.ref} edited.")
     elif act == "delete":
-        novel.delete_memory(_memory_ref(args.ref))
+        novel.memories.delete(_memory_ref(args.ref))
         print(f"Memory {args.ref} deleted.")
     elif act == "link":
-        novel.link(args.a, args.b)
+        novel.memories.link(args.a, args.b)
         print(f"Linked {args.a} and {args.b}.")
     elif act == "rebuild":
-        stats = novel.rebuild_memory()
+        stats = novel.memories.rebuild()
         print(f"Rebuilt semantic memory: {stats['items']} items embedded.")
     return 0
 
@@ -69,23 +69,23 @@ def cmd_matrix(args) -> int:
     if act in ("on", "set") and (args.layer is not None or args.adapter):
         novel.model.get()  # the layer is checked against the model, the adapter loaded
     if act in ("on", "off", "set"):
-        on = act == "on" or (act == "set" and novel.matrix_settings()["on"])
-        novel.set_matrix_settings(on, args.layer, args.slots, args.rows, args.adapter)
+        on = act == "on" or (act == "set" and novel.matrix.settings()["on"])
+        novel.matrix.set_settings(on, args.layer, args.slots, args.rows, args.adapter)
     elif act in ("pin", "unpin") and not args.ref:
         raise ValueError(f"{act} needs a memory id: matrix {act} 3")
     elif act == "pin":
-        print(f"Memory {args.ref}: slots {novel.pin_matrix(args.ref)} pinned.")
+        print(f"Memory {args.ref}: slots {novel.matrix.pin(args.ref)} pinned.")
     elif act == "unpin":
-        novel.unpin_matrix(args.ref)
+        novel.matrix.unpin(args.ref)
         print(f"Memory {args.ref}: slots unpinned.")
     elif act == "reset":
-        novel.reset_matrix()
-    if act in ("usage", "reset") or (act == "show" and novel.matrix_settings()["on"]):
-        usage = novel.matrix_usage(progress=_bar("memory matrix") if not args.json else None)
+        novel.matrix.reset()
+    if act in ("usage", "reset") or (act == "show" and novel.matrix.settings()["on"]):
+        usage = novel.matrix.usage(progress=_bar("memory matrix") if not args.json else None)
     else:
         usage = None
-    out = {"settings": novel.matrix_settings(), "info": novel.matrix_info(),
-           "pins": novel.matrix_pins(), **({"usage": usage} if act == "usage" else {})}
+    out = {"settings": novel.matrix.settings(), "info": novel.matrix.info(),
+           "pins": novel.matrix.pins(), **({"usage": usage} if act == "usage" else {})}
     if args.json:
         print(json.dumps(out))
     else:
@@ -120,7 +120,7 @@ def cmd_thoughts(args) -> int:
     args.text = " ".join(args.text)
     novel = Novel.open(Path(args.project))
     if args.action == "list":
-        rows = novel.list_thoughts(novel.chapter_id(args.chapter) if args.chapter else None)
+        rows = novel.thoughts.list(novel.chapters.id(args.chapter) if args.chapter else None)
         if args.json:
             print(json.dumps([{k: r[k] for k in ("id", "chapter_id", "anchor", "text")}
                               for r in rows]))
@@ -131,17 +131,17 @@ def cmd_thoughts(args) -> int:
     if args.action == "add":
         if not args.text:
             raise ValueError("thoughts add needs the text of the note.")
-        tid = novel.add_thought(novel.chapter_id(args.chapter), args.text, args.anchor)
+        tid = novel.thoughts.add(novel.chapters.id(args.chapter), args.text, args.anchor)
         print(f"Added thought {tid}.")
     elif args.action == "edit":
         if args.id is None or not args.text:
             raise ValueError("thoughts edit needs --id and the new text.")
-        novel.edit_thought(args.id, args.text)
+        novel.thoughts.edit(args.id, args.text)
         print(f"Edited thought {args.id}.")
     else:
         if args.id is None:
             raise ValueError("thoughts delete needs --id.")
-        novel.delete_thought(args.id)
+        novel.thoughts.delete(args.id)
         print(f"Deleted thought {args.id}.")
     return 0
 

@@ -26,7 +26,7 @@ def cmd_import(args) -> int:
 
     novel = Novel.open(Path(args.project))
     encodings: dict = {}
-    ids = novel.import_files(args.files, progress=lambda xs: tqdm(xs, desc="Importing",
+    ids = novel.chapters.import_files(args.files, progress=lambda xs: tqdm(xs, desc="Importing",
                                                                    unit="chapter"),
                              encodings=encodings)
     for name, enc in encodings.items():
@@ -40,7 +40,7 @@ def cmd_list(args) -> int:
     from ..novel import Novel
 
     novel = Novel.open(Path(args.project))
-    chapters = novel.chapters()
+    chapters = novel.chapters.list()
     if args.json:
         print(json.dumps(chapters))
         return 0
@@ -75,8 +75,8 @@ def cmd_write(args) -> int:
     validate_text("The prompt", args.prompt or "", MAX_CHAPTER_CHARS)
     receipt_path = _writable(args.receipt) if args.receipt else None
     novel = Novel.open(Path(args.project), _slot(args))
-    if novel.chapters():
-        cid = novel.chapter_id(args.chapter)
+    if novel.chapters.list():
+        cid = novel.chapters.id(args.chapter)
     elif args.chapter not in (None, 1):
         raise ValueError(f"There is no chapter {args.chapter}: this novel has no chapters "
                          "yet (leave out --chapter to start Chapter 1).")
@@ -94,13 +94,13 @@ def cmd_write(args) -> int:
     if mode or args.thought_adapter is not None or args.note_every is not None:
         changes.update(mode=mode, adapter=args.thought_adapter, every=args.note_every)
     if changes:  # one call: the whole change is checked before it is saved
-        novel.set_thought_settings(**changes)
+        novel.thoughts.set_settings(**changes)
     else:
-        settings = novel.thought_settings()
+        settings = novel.thoughts.settings()
         if settings["on"] and settings.get("mode") == "self":  # a stored adapter's check
-            novel._self_commentary(lm, settings)
+            novel.thoughts.self_commentary(lm, settings)
     if cid is None:
-        cid = novel.add_chapter("Chapter 1")
+        cid = novel.chapters.add("Chapter 1")
     last = None
     try:
         for ev in novel.continue_chapter(cid, sampling, prompt=args.prompt or "",
@@ -125,9 +125,9 @@ def cmd_write(args) -> int:
 def _check_memory_layers(novel) -> None:
     """The memory layers stored for this novel exist in the loaded model (a matrix or
     kNN setting made under another model would fail mid-Continue)."""
-    if (novel.store.get_setting("matrix") or {}).get("on"):
-        novel.matrix_settings()  # resolves the matrix layer against the model: ValueError
-    knn = novel.knn_settings()
+    if novel.settings.get("matrix").on:
+        novel.matrix.settings()  # resolves the matrix layer against the model: ValueError
+    knn = novel.knn.settings()
     depth = knn.get("depth") or 0
     if knn["on"] and depth and any(not 0 <= int(x) < depth for x in knn["layers"] or ()):
         raise ValueError(f"The kNN memory reads layers {knn['layers']}, but this model has "
@@ -141,7 +141,7 @@ def cmd_export(args) -> int:
 
     novel = Novel.open(Path(args.project))
     out = check_out_path(args.out, args.project) if args.out else None
-    text = novel.export_with_notes() if args.format == "notes" else novel.export(args.format)
+    text = novel.chapters.export(args.format)
     if out is not None:
         write_atomic(out, text)
         print(f"Wrote {args.out}")

@@ -119,20 +119,20 @@ def continuity(lm, slot, args) -> dict:
     novel.store.add_chapter("The coast", "\n\n".join(opening), action="import")
     for j, text in enumerate(filler[1:-1], 2):
         novel.store.add_chapter(f"Chapter {j}", text, action="import")
-    probe = novel.add_chapter("Now", "")
+    probe = novel.chapters.add("Now", "")
     book_tokens = sum(len(lm.tokenizer(c["text"] or "", add_special_tokens=False)["input_ids"])
                       for c in novel.store.chapters())
     bridge = filler[-1].split("\n\n")[-1][-600:]
     results, rows = {}, []
     t0 = time.perf_counter()
-    novel.semantic.sync()
+    novel.memories.semantic.sync()
     index_s = time.perf_counter() - t0
     for cond, (pinned, recall) in CONDITIONS.items():
         novel.store.memories.clear()
         if pinned:
             for fact, *_ in facts:
-                novel.add_memory(fact, pin=True)
-        novel.set_recall_settings(enabled=recall)
+                novel.memories.add(fact, pin=True)
+        novel.memories.set_settings(enabled=recall)
         in_ctx = ranked = generated = 0
         margins = []
         for fact, cue, answer, distractors in facts:
@@ -152,7 +152,7 @@ def continuity(lm, slot, args) -> dict:
                          "mean_margin_nats": round(statistics.mean(margins), 2)}
     novel.close()
     return {"book_tokens": book_tokens, "budget": args.budget, "facts": len(facts),
-            "semantic_items": novel.semantic._state.index.ntotal,
+            "semantic_items": novel.memories.semantic._state.index.ntotal,
             "index_build_s": round(index_s, 1), "conditions": results, "probes": rows}
 
 
@@ -180,7 +180,7 @@ def latency(lm, slot, args, sizes: list[int]) -> dict:
     for n in sizes:
         root = Path(tempfile.mkdtemp(prefix=f"latency-{n}-"))
         novel = Novel.create(root / "book", "Latency", model=slot)
-        cid = novel.add_chapter("Now", "Elena climbed to the lighthouse lamp room. " * 30)
+        cid = novel.chapters.add("Now", "Elena climbed to the lighthouse lamp room. " * 30)
         texts = [f"{_FIRST[i % 16]} {_DID[(i // 16) % 8]} {_PLACES[(i // 128) % 10]} "
                  f"in year {i // 1280}." for i in range(n)]
         novel.store.memories.add_many(texts, kind="fact", source="bench")
@@ -188,20 +188,20 @@ def latency(lm, slot, args, sizes: list[int]) -> dict:
         novel.store.associations.add_many(
             [(f"memory:{min(i, j)}", f"memory:{max(i, j)}", 3.0)
              for i, row in enumerate(links, 1) for j in row if i != j], kind="link", keep=True)
-        vecs = rng.standard_normal((n, novel.semantic.embedder.dim)).astype(np.float32)
+        vecs = rng.standard_normal((n, novel.memories.semantic.embedder.dim)).astype(np.float32)
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
         ids = novel.store.memories.ids()
-        novel.semantic.add_vectors([("memory", i, 0, len(x)) for i, x in zip(ids, texts)], vecs)
-        novel.set_recall_settings(min_score=-1.0)  # random vectors: keep the tiers busy
-        settings = novel.recall_settings()
+        novel.memories.semantic.add_vectors([("memory", i, 0, len(x)) for i, x in zip(ids, texts)], vecs)
+        novel.memories.set_settings(min_score=-1.0)  # random vectors: keep the tiers busy
+        settings = novel.settings.get("recall")
         recall_ms, build_ms, hits = [], [], []
         for q in range(args.queries):
             query = f"{_FIRST[q % 16]} walked to {_PLACES[q % 10]} at dusk, thinking of year {q}."
             t0 = time.perf_counter()
-            found = novel.semantic.recall(query, settings, token_budget=args.budget // 3)
+            found = novel.memories.semantic.recall(query, settings, token_budget=args.budget // 3)
             recall_ms.append((time.perf_counter() - t0) * 1000)
             hits.append(len(found))
-            novel.save_text(cid, "Elena climbed to the lighthouse lamp room. " * 30 + query)
+            novel.chapters.save(cid, "Elena climbed to the lighthouse lamp room. " * 30 + query)
             t0 = time.perf_counter()
             novel.build_context(cid, args.budget)
             build_ms.append((time.perf_counter() - t0) * 1000)
@@ -209,7 +209,7 @@ def latency(lm, slot, args, sizes: list[int]) -> dict:
         novel.store.add_passage(cid, novel.store.chapter(cid)["head_rev"], 0, 40,
                                       "Tomas rowed out past the harbour wall at dawn.", "model")
         t0 = time.perf_counter()
-        novel.semantic.sync()
+        novel.memories.semantic.sync()
         update_s = time.perf_counter() - t0
         out[str(n)] = {"recall_ms_median": round(statistics.median(recall_ms), 1),
                        "recall_ms_p95": round(sorted(recall_ms)[int(0.95 * len(recall_ms))], 1),

@@ -1,12 +1,8 @@
 """The kNN memory of one novel: its per-novel setting, its store kept in step with
 the manuscript, and the read context a Continue runs under.
 
-Why here and not in novel.py: the Novel facade only delegates (knn_settings,
-set_knn_settings, knn_info, rebuild_knn, the after-accept hook and the Continue's
-forward context), so the kNN plumbing stays in one small module.
-
-* The setting lives in the novel's database (``settings['knn']``: on, layers, k);
-  everything else comes from KNNSettings' measured defaults.
+* The writer's choice is ``novel.settings.get('knn')`` (on, layers, k); everything
+  else comes from KNNSettings' measured defaults.
 * The store is derived data in ``<project>/memory/knn``: ``ensure_store`` loads it,
   distrusts missing/corrupt/foreign files (rebuilds them) and re-indexes only what
   changed since (common token prefix). It is kept in memory between Continues.
@@ -23,48 +19,58 @@ import shutil
 import threading
 from pathlib import Path
 
+from dataclasses import replace
+
 from ..context import encode
+from ..settings import SettingsError, layers_text, parse_layers
 from .knn import KNNSettings, StoreError, store_folder
 from .knn_index import ensure_store
-
-SETTING = "knn"
-
+from .protocol import Reader
 
 class ProjectKNN:
-    """One novel's kNN memory. ``novel`` gives .store (db), .folder, .model and
-    .memory_book() (prose with margin notes inline); the model lock is taken around every forward pass here."""
+    """``novel.knn``: one novel's kNN memory (a Memory, see protocol.py). ``novel`` gives
+    .store, .settings, .folder, .model, .desk and .chapters (the book with its margin
+    notes inline); the model lock is taken around every forward pass here."""
+    name = "knn"
 
     def __init__(self, novel):
         self.novel = novel
         self._store = None
         self._lock = threading.RLock()
 
-    # -- settings --------------------------------------------------------------
-    def raw(self) -> dict:
-        d = self.novel.store.get_setting(SETTING) or {}
-        return {"on": bool(d.get("on", False)), "layers": d.get("layers"),
-                "k": int(d.get("k", KNNSettings.k))}
+    # -- settings ---------------------------------------------------------------
+    def choice(self):
+        """What the writer chose (engine.settings.KNN: on, layers, k)."""
+        return self.novel.settings.get("knn")
 
-    def settings(self) -> KNNSettings:
-        d = self.raw()
-        return KNNSettings(layers=tuple(d["layers"]) if d["layers"] else None, k=d["k"])
+    def read_settings(self) -> KNNSettings:
+        """How the store is written and read: the writer's choice over the defaults."""
+        c = self.choice()
+        return KNNSettings(layers=c.layers, k=c.k)
 
-    def public(self) -> dict:
-        """What the UI shows: on, the layers actually read (defaults resolved), k."""
-        d = self.raw()
+    def settings(self) -> dict:
+        """What the page shows: on, the layers actually read (defaults resolved), k."""
+        c = self.choice()
         depth = self._depth()
-        layers = list(self.settings().read_layers(depth)) if depth else d["layers"]
-        return {"on": d["on"], "layers": layers, "k": d["k"], "depth": depth}
+        layers = list(self.read_settings().read_layers(depth)) if depth else (
+            list(c.layers) if c.layers else None)
+        return {"on": c.on, "layers": layers, "k": c.k, "depth": depth}
 
-    def set(self, on: bool, layers=None, k: int | None = None) -> dict:
-        d = self.raw()
-        d["on"] = bool(on)
+    def set_settings(self, on: bool | None = None, layers=None, k: int | None = None) -> dict:
+        """Turn kNN memory on/off; layers as '14-29' / '22,25' / a list ('' = defaults)."""
         if layers is not None:
-            d["layers"] = parse_layers(layers, self._depth()) or None
-        if k is not None:
-            d["k"] = max(1, min(int(k), 1024))
-        self.novel.store.set_setting(SETTING, d)
-        return self.public()
+            try:
+                layers = parse_layers(layers, self._depth()) or ""
+            except ValueError as e:
+                raise SettingsError(str(e)) from e
+        c = self.choice().changed(on=on, k=k)
+        if layers is not None:
+            c = replace(c, layers=layers or None)
+        self.novel.settings.put(c)
+        return self.settings()
+
+    def preparing(self) -> str | None:
+        return None  # indexing what changed is quick; a rebuild has its own progress
 
     def _depth(self) -> int:
         try:
@@ -77,13 +83,13 @@ class ProjectKNN:
         return store_folder(self.novel.folder)
 
     def tokens(self, lm) -> list[int]:
-        return encode(lm.tokenizer, self.novel.memory_book())  # prose, notes inline
+        return encode(lm.tokenizer, self.novel.chapters.memory_book())  # prose, notes inline
 
     def store(self, progress=None, locked: bool = False):
         """The store, in step with the manuscript (indexing what changed)."""
         lm = self.novel.model.get()
         with self._lock:
-            settings = self.settings()
+            settings = self.read_settings()
             ids = self.tokens(lm)
             cur = self._store
             if cur is not None and (cur.fingerprint != lm.fingerprint or
@@ -95,12 +101,15 @@ class ProjectKNN:
                                            progress=progress or False, store=cur)
             return self._store
 
-    def rebuild(self, progress=None):
-        """Forget the files and index the whole manuscript again."""
+    def rebuild(self, progress=None) -> dict:
+        """Forget the files and index the whole manuscript again; progress:
+        callable(done, total) or None. Returns info()."""
+        self.novel.desk.idle_or_fail()
         with self._lock:
             self._store = None
             shutil.rmtree(self.folder(), ignore_errors=True)
-            return self.store(progress)
+            self.store(progress)
+        return self.info()
 
     def info(self) -> dict:
         """Stored tokens, index kind and size on disk, without indexing anything."""
@@ -122,20 +131,20 @@ class ProjectKNN:
         return {"tokens": len(st), "index": st.kind, "bytes": size,
                 "layers": list(st.layers), "loaded": True}
 
-    def after_accept(self, novel, chapter_id, passage_id) -> None:
-        """After-accept hook: index the new passage (only when memory is on)."""
-        if self.raw()["on"]:
+    def after_accept(self, chapter_id, passage_id) -> None:
+        """Index the new passage (only when memory is on)."""
+        if self.choice().on:
             try:
                 self.store()
             except StoreError:
                 pass  # the next Continue rebuilds it
 
     # -- reading during a Continue -------------------------------------------
-    def reader(self, lm, chapter_id: int, prompt_ids: list[int], receipt: dict):
-        """(forward_context or None, prefix_key) for a Continue with this prompt.
-        Call outside the model lock (indexing takes it)."""
-        if not self.raw()["on"]:
-            return None, lm.fingerprint
+    def reader(self, lm, chapter_id: int, prompt_ids: list[int], receipt: dict) -> Reader | None:
+        """Its part in a Continue with this prompt (None when off). Call outside the model
+        lock (indexing takes it)."""
+        if not self.choice().on:
+            return None
         from .attention import knn_memory
 
         store = self.store()
@@ -151,7 +160,7 @@ class ProjectKNN:
             if n else f"Long memory (kNN): nothing to read yet, all {len(store):,} stored "
             "tokens are in the prompt already")
         if n == 0:
-            return None, key
+            return Reader(key=key)
 
         # offset also hides entries within (prompt start) tokens of the horizon, as if
         # the bible and pins were manuscript: pass it only where positions need it.
@@ -159,7 +168,7 @@ class ProjectKNN:
 
         def ctx():
             return knn_memory(lm, store, settings, offset=offset, horizon=horizon)
-        return ctx, key
+        return Reader(ctx, key)
 
     def _horizon(self, lm, chapter_id, prompt_ids, receipt) -> tuple[int, int]:
         """Book position of the first manuscript token in the prompt (the kept tail of
@@ -168,9 +177,9 @@ class ProjectKNN:
         tok = lm.tokenizer
         chapters = self.novel.store.chapters()
         here = self._position(chapters, chapter_id)
-        before = "\n\n".join(self.novel.memory_text(c) for c in chapters
-                             if c["position"] < here)
-        own = self.novel.memory_text(next(c for c in chapters if c["id"] == chapter_id))
+        book = self.novel.chapters
+        before = "\n\n".join(book.memory_text(c) for c in chapters if c["position"] < here)
+        own = book.memory_text(next(c for c in chapters if c["id"] == chapter_id))
         start = len(encode(tok, before + "\n\n")) if before else 0
         own_n = len(encode(tok, own))
         kept = tail["tokens"] if tail else 0
@@ -181,36 +190,6 @@ class ProjectKNN:
     @staticmethod
     def _position(chapters, chapter_id):
         return next(c["position"] for c in chapters if c["id"] == chapter_id)
-
-
-def parse_layers(text, depth: int = 0) -> list[int]:
-    """'14-29', '22, 25' or a list -> sorted layer indices (checked against depth)."""
-    if isinstance(text, (list, tuple)):
-        parts = [str(x) for x in text]
-    else:
-        parts = [p for p in str(text or "").replace(";", ",").split(",") if p.strip()]
-    out = set()
-    for p in parts:
-        p = p.strip()
-        try:
-            if "-" in p:
-                a, b = (int(x) for x in p.split("-", 1))
-                out |= set(range(min(a, b), max(a, b) + 1))
-            else:
-                out.add(int(p))
-        except ValueError as e:
-            raise ValueError(f"'{p}' is not a layer number or range like 14-29") from e
-    if depth and any(not 0 <= x < depth for x in out):
-        raise ValueError(f"layers must lie in 0..{depth - 1} for this model")
-    return sorted(out)
-
-
-def layers_text(layers) -> str:
-    """'15-29' for a run of layers, else '22, 25'."""
-    layers = sorted(layers)
-    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
-        return f"{layers[0]}-{layers[-1]}"
-    return ", ".join(str(x) for x in layers)
 
 
 class _Null:

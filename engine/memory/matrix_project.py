@@ -1,7 +1,7 @@
 """The memory matrix of one novel: its setting, its file kept in step with the
 manuscript, pins, and the memory tokens a Continue reads.
 
-* Setting: ``settings['matrix']`` in novel.db (on, layer, slots, rows, adapter) and
+* Setting: ``novel.settings.get('matrix')`` (on, layer, slots, rows, adapter) and
   ``settings['matrix_pins']`` ({memory id: slots}); the writer's data lives in the db.
 * File: ``<project>/memory/matrix.safetensors`` is derived data, stamped with the model
   fingerprint and the write settings, and holding the list of segments written, so
@@ -24,15 +24,22 @@ from pathlib import Path
 
 import numpy as np
 
-from ..context import encode
-from .matrix import MatrixError, MatrixSettings, MemoryMatrix
+from dataclasses import replace
 
-SETTING, PINS = "matrix", "matrix_pins"
+from ..context import encode
+from ..settings import SettingsError
+from .matrix import MatrixError, MatrixSettings, MemoryMatrix
 from .matrix_model import SEGMENT, depth as _depth, read_tokens, write_segments
+from .protocol import Reader
+
+PINS = "matrix_pins"
 PIN_SLOTS = 4  # slots pinned per pinned memory
 
 
 class ProjectMatrix:
+    """``novel.matrix``: one novel's memory matrix (a Memory, see protocol.py)."""
+    name = "matrix"
+
     def __init__(self, novel):
         self.novel = novel
         self._mm: MemoryMatrix | None = None
@@ -43,49 +50,43 @@ class ProjectMatrix:
         self._told = ""   # the notice a Continue already reported
 
     # -- settings --------------------------------------------------------------------
-    def raw(self) -> dict:
-        d = self.novel.store.get_setting(SETTING) or {}
-        return {"on": bool(d.get("on", False)), "layer": d.get("layer"),
-                "slots": int(d.get("slots", MatrixSettings.slots)),
-                "rows": int(d.get("rows", MatrixSettings.rows)),
-                "adapter": d.get("adapter") or None}
+    def choice(self):
+        """What the writer chose (engine.settings.Matrix: on, layer, slots, rows, adapter)."""
+        return self.novel.settings.get("matrix")
 
-    def settings(self) -> MatrixSettings:
-        d = self.raw()
-        return MatrixSettings(layer=d["layer"], slots=d["slots"], rows=d["rows"])
+    def write_settings(self) -> MatrixSettings:
+        """How the matrix is written and read: the writer's choice over the defaults."""
+        c = self.choice()
+        return MatrixSettings(layer=c.layer, slots=c.slots, rows=c.rows)
 
-    def set(self, on: bool, layer=None, slots=None, rows=None, adapter=None) -> dict:
-        d = self.raw()
-        d["on"] = bool(on)
+    def settings(self) -> dict:
+        """{on, layer (resolved), slots, rows, adapter, depth}."""
+        d = self.choice().to_dict()
         depth = self._depth()
-        if layer is not None and str(layer).strip() != "":
-            layer = int(layer)
-            if depth and not 0 <= layer < depth:
-                raise ValueError(f"The matrix layer must lie in 0..{depth - 1} for this model.")
-            d["layer"] = layer
-        if slots is not None:
-            d["slots"] = int(slots)
-            if not 64 <= d["slots"] <= 65536 or d["slots"] % 64:
-                raise ValueError("Slots must be a multiple of 64 between 64 and 65,536.")
-        if rows is not None:
-            d["rows"] = int(rows)
-            if not 1 <= d["rows"] <= 1024:
-                raise ValueError("Memory tokens (rows) must lie in 1..1,024.")
-        if adapter is not None:
-            d["adapter"] = str(adapter).strip() or None
-            if d["adapter"]:
-                from .matrix_adapter import load_adapter
-                load_adapter(d["adapter"], self.novel.model.get(timeout=0))  # raises clearly
-        self.novel.store.set_setting(SETTING, d)
-        self._adapter = None
-        return self.public()
-
-    def public(self) -> dict:
-        d = self.raw()
-        depth = self._depth()
-        d["layer"] = self.settings().resolved_layer(depth) if depth else d["layer"]
+        d["layer"] = self.write_settings().resolved_layer(depth) if depth else d["layer"]
         d["depth"] = depth
         return d
+
+    def set_settings(self, on: bool | None = None, layer=None, slots=None, rows=None,
+                     adapter=None) -> dict:
+        """Checked in full before saving (a layer past the model's depth, an adapter that
+        does not fit it: SettingsError / MatrixError, nothing saved)."""
+        layer = None if layer is None or str(layer).strip() == "" else layer
+        c = self.choice().changed(on=on, layer=layer, slots=slots, rows=rows)
+        if adapter is not None:
+            c = replace(c, adapter=str(adapter).strip() or None)
+        depth = self._depth()
+        if c.layer is not None and depth and not c.layer < depth:
+            raise SettingsError(f"The matrix layer must lie in 0..{depth - 1} for this model.")
+        if adapter is not None and c.adapter:
+            from .matrix_adapter import load_adapter
+            load_adapter(c.adapter, self.novel.model.get(timeout=0))  # raises clearly
+        self.novel.settings.put(c)
+        self._adapter = None
+        return self.settings()
+
+    def preparing(self) -> str | None:
+        return "Updating the memory matrix…" if self.choice().on else None
 
     def _depth(self) -> int:
         from ..models import model_shape
@@ -101,7 +102,7 @@ class ProjectMatrix:
     def _stamp(self, lm) -> dict:
         from ..models import model_shape
         return {"model": lm.fingerprint, "segment": SEGMENT,
-                **self.settings().write_stamp(model_shape(lm)[0])}
+                **self.write_settings().write_stamp(model_shape(lm)[0])}
 
     def segments(self, lm) -> list[tuple[int, list[int], str]]:
         """(chapter position, token ids, digest) of every full segment, in book order."""
@@ -141,7 +142,7 @@ class ProjectMatrix:
             return mm
 
     def _fresh(self, lm, stamp) -> MemoryMatrix:
-        return MemoryMatrix(lm.model.config.hidden_size, self.settings(), stamp)
+        return MemoryMatrix(lm.model.config.hidden_size, self.write_settings(), stamp)
 
     def _load(self, stamp):
         p = self.path()
@@ -172,22 +173,30 @@ class ProjectMatrix:
         mm.save(self.path(), extra={"segments": self._segments})
         self._legacy().unlink(missing_ok=True)
 
-    def reset(self) -> dict:
-        """Forget everything written; pinned memories are written and pinned again."""
+    def reset(self, progress=None) -> dict:
+        """Start M again from its seed: forget everything written; pinned memories are
+        written and pinned again. Returns info()."""
+        self.novel.desk.idle_or_fail()
         with self._lock:
             self._mm, self._segments = None, []
             for f in (self.path(), self._legacy()):
                 f.unlink(missing_ok=True)
             self.notice = ""
-            self.matrix()
+            self.matrix(progress)
             return self.info()
+
+    rebuild = reset  # the protocol's name: the matrix is rebuilt from the book
 
     # -- pins -------------------------------------------------------------------------
     def pins(self) -> dict[str, list[int]]:
+        """{memory id: [slots]}."""
         return self.novel.store.get_setting(PINS) or {}
 
-    def pin(self, memory_id: int, text: str) -> list[int]:
-        """Write a memory into the matrix and pin the slots that hold it most."""
+    def pin(self, ref) -> list[int]:
+        """Write a memory (id or key) into the matrix and pin the slots that hold it most;
+        returns them."""
+        m = self.novel.memories.get(ref)
+        memory_id, text = m["id"], m["text"]
         mm = self.matrix()
         lm = self.novel.model.get()
         with self._lock, lm.lock:
@@ -208,7 +217,13 @@ class ProjectMatrix:
         mm.set_pinned(slots, True)
         return slots
 
-    def unpin(self, memory_id: int) -> None:
+    def pinned(self, memory_id: int) -> None:
+        """A memory the writer pinned: held in the matrix too while it is on."""
+        if self.choice().on:
+            self.pin(memory_id)
+
+    def unpin(self, ref) -> None:
+        memory_id = self.novel.memories.get(ref)["id"]
         pins = self.pins()
         slots = pins.pop(str(memory_id), None)
         if slots is None:
@@ -234,7 +249,7 @@ class ProjectMatrix:
     def info(self) -> dict:
         mm = self._mm
         if mm is None:
-            return {"loaded": False, "writes": 0, "segments": 0, "slots": self.raw()["slots"],
+            return {"loaded": False, "writes": 0, "segments": 0, "slots": self.choice().slots,
                     "pinned": sum(len(v) for v in self.pins().values()), "notice": self.notice}
         return {"loaded": True, "writes": mm.writes, "segments": len(self._segments),
                 "slots": mm.settings.slots,
@@ -260,36 +275,38 @@ class ProjectMatrix:
                 "per_bucket": per}
 
     # -- hooks ------------------------------------------------------------------------
-    def after_accept(self, novel, chapter_id, passage_id) -> None:
-        if self.raw()["on"]:
+    def after_accept(self, chapter_id, passage_id) -> None:
+        if self.choice().on:
             self.matrix()
 
-    def reader(self, lm, receipt: dict | None = None):
-        """(context factory or None, cache-key part) for a Continue. Outside the lock.
-        Says in ``receipt['inside']`` what the model will read."""
-        if not self.raw()["on"]:
-            return None, None
+    def reader(self, lm, chapter_id=None, prompt_ids=None, receipt: dict | None = None):
+        """Its part in a Continue (None when off or empty). Outside the lock. Says in
+        ``receipt['inside']`` what the model will read."""
+        if not self.choice().on:
+            return None
         mm = self.matrix()
         if mm.writes == 0:
-            return None, None
+            notice = self.new_notice()  # e.g. rebuilt
+            return Reader(warnings=[notice] if notice else [])
         tokens = self.tokens(lm, mm)
+        notice = self.new_notice()  # e.g. rebuilt, or its adapter unusable
         if receipt is not None:
             rows = sum(int(t.keys.shape[-2]) for t in tokens.values())
             receipt.setdefault("inside", []).append(
                 f"Memory matrix: {rows} memory tokens at layer "
                 f"{', '.join(str(x) for x in sorted(tokens))} summarising {mm.writes} writes"
                 f" ({int(mm.pinned.sum())} of {mm.settings.slots} slots pinned)")
-        key = ("matrix", mm.writes, int(mm.pinned.sum()), self.raw()["adapter"],
+        key = ("matrix", mm.writes, int(mm.pinned.sum()), self.choice().adapter,
                float(np.abs(mm.M).sum()))
         from .attention import matrix_tokens
-        return (lambda: matrix_tokens(lm, tokens)), key
+        return Reader(lambda: matrix_tokens(lm, tokens), key, [notice] if notice else [])
 
     def tokens(self, lm, mm: MemoryMatrix) -> dict:
         return read_tokens(lm, mm, self._load_adapter(lm))
 
     def _load_adapter(self, lm):
         """The trained read path, or None (CountSketch) with a notice when it is unusable."""
-        path = self.raw()["adapter"]
+        path = self.choice().adapter
         if not path:
             return None
         if self._adapter is None:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 # Re-exported: the names engine.memory.semantic has always offered.
+from ..settings import Recall
 from .semantic_index import CATCH_UP_BATCH, FORMAT, SemanticIndex, _State  # noqa: F401
 from .semantic_keys import (CHUNK_BITS, CHUNK_CHARS, CODE_BITS, CODES, FOCUS_CHARS,  # noqa: F401
                             KINDS, SemanticError, _order, _table, chunks, fid, key, label,
@@ -95,24 +96,6 @@ def embedder() -> Embedder:
 
 
 # -- settings and results -------------------------------------------------------------------
-@dataclass
-class RecallSettings:
-    enabled: bool = True
-    k: int = 6                 # direct hits by similarity
-    min_score: float = 0.25    # cosine below this is noise for MiniLM
-    depth: int = 2             # association tiers after the direct hits
-    tier1: int = 10            # up to this many associations per direct hit
-    tier_n: int = 3            # up to this many per item of each deeper tier
-    query_chars: int = 600     # the end of the text being continued is the query
-    share: float = 0.35        # at most this share of the prompt budget for recall
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "RecallSettings":
-        d = d or {}
-        return cls(**{k: type(getattr(cls, k))(v) for k, v in d.items()
-                      if k in cls.__dataclass_fields__})
-
-
 @dataclass
 class Hit:
     key: str
@@ -182,7 +165,7 @@ class SemanticMemory(SemanticIndex):
                 out.append((r["other"], r["kind"], float(r["weight"])))
         return out[:limit]
 
-    def recall(self, query: str, settings: RecallSettings | None = None,
+    def recall(self, query: str, settings: Recall | None = None,
                exclude_text: str = "", skip: set[str] = frozenset(),
                token_budget: int = 10**9, count_tokens=None) -> list[Hit]:
         """Similar items, then association tiers, best first, inside ~token_budget.
@@ -191,7 +174,7 @@ class SemanticMemory(SemanticIndex):
         are not recalled; skip: keys already in the prompt (pinned memories);
         count_tokens: the prompt tokenizer's count (default: ~4 characters a token).
         """
-        s = settings or RecallSettings()
+        s = settings or Recall()
         if not s.enabled:
             return []
         taken: set[str] = set(skip)

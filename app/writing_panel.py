@@ -236,7 +236,7 @@ def wire(lib, c: dict, loaded) -> dict:
                 can_undo, can_redo = novel.chapters.can_undo_redo(cid)
                 if not (can_undo if verb == "undo" else can_redo):
                     return gr.update(), f"Nothing to {verb}.", *[gr.update()] * 3
-                text = getattr(novel, verb)(cid)
+                text = getattr(novel.chapters, verb)(cid)
                 return (text, ok(f"{verb.capitalize()} done."), seen(novel, cid),
                         versions_view(novel, cid), chapter_list(novel, cid))
             except StaleText as e:

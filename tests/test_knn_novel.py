@@ -10,7 +10,7 @@ from engine.context import Receipt
 from engine.memory import attention
 from engine.memory.knn import KNNStore, store_folder
 from engine.errors import UserError
-from engine.novel import NovelError
+from engine.novel import Library, NovelError
 from engine.writer import Sampling
 
 OPENING = ("The lighthouse keeper Orrin Vale counted ships at dusk. His sister Maelis "
@@ -127,8 +127,7 @@ def test_corrupt_store_rebuilt_on_open(book, library):
     path.write_bytes(data)
     name = novel.folder.name
     novel.close()
-    library._open.pop(name)
-    again = library.open(name)
+    again = Library(library.root, library.model).open(name)  # a fresh process's library
     st = again.knn.store()
     assert len(st) == n
     KNNStore.load(folder)  # the files on disk verify again

@@ -29,7 +29,7 @@ def test_a_full_chapter_is_refused_at_once_before_any_model_loads(novel):
     cid = novel.chapters.add("Full", "")
     novel.chapters.save(cid, "x" * MAX_CHAPTER_CHARS)  # save accepts exactly the limit
     novel.model = ModelSlot(loader=no_model)
-    revisions = len(novel.store.query("SELECT id FROM revisions"))
+    revisions = novel.store.revisions.count(cid)
     t0 = time.perf_counter()
     with pytest.raises(NovelError, match="length limit"):
         next(novel.continue_chapter(cid))
@@ -39,12 +39,12 @@ def test_a_full_chapter_is_refused_at_once_before_any_model_loads(novel):
     small = novel.chapters.add("Two", "x" * (MAX_CHAPTER_CHARS - 100))
     with pytest.raises(NovelError, match="length limit"):  # no room left for a passage
         next(novel.continue_chapter(small))
+    three = novel.chapters.add("Three", "x" * (MAX_CHAPTER_CHARS - 1000))
     with pytest.raises(NovelError, match="with the prompt"):
-        next(novel.continue_chapter(novel.chapters.add("Three", "x" * (MAX_CHAPTER_CHARS
-                                                                     - 1000)),
-                                    prompt="y" * 2000))
-    assert len(novel.store.query("SELECT id FROM revisions")) == revisions + 2
-    assert novel.store.query("SELECT * FROM generation_log") == []
+        next(novel.continue_chapter(three, prompt="y" * 2000))
+    # no refusal saved a revision (each new chapter holds just its first one)
+    assert [novel.store.revisions.count(c) for c in (cid, small, three)] == [revisions, 1, 1]
+    assert novel.store.generation_log.list() == []
     assert not novel.busy and novel.store.lock_writer()  # nothing left locked
     novel.store.unlock_writer()
 
@@ -57,7 +57,7 @@ def test_streamed_text_stops_at_the_chapter_limit(novel, monkeypatch):
     last = list(novel.continue_chapter(cid))[-1]
     assert len(novel.chapters.text(cid)) == MAX_CHAPTER_CHARS == len(last.text)
     assert last.status == LIMIT_REACHED and last.stats["stop_reason"] == "limit"
-    assert novel.store.query("SELECT status FROM generation_log")[0]["status"] == "limit"
+    assert [r["status"] for r in novel.store.generation_log.list()] == ["limit"]
 
 
 # -- 5. one writer per novel ---------------------------------------------------------------
@@ -66,13 +66,13 @@ def test_a_second_novel_object_cannot_write_while_the_first_does(novel, slot):
     gen = novel.continue_chapter(cid, Sampling(max_new_tokens=50, seed=1))
     next(gen)
     other = Novel.open(novel.folder, slot)
-    revisions = len(other.store.query("SELECT id FROM revisions"))
+    revisions = other.store.revisions.count(cid)
     for attempt in (lambda: next(other.continue_chapter(cid)),
                     lambda: next(other.retry(cid)),
                     lambda: other.start(cid)):
         with pytest.raises(NovelError, match="being written by another process"):
             attempt()
-    assert len(other.store.query("SELECT id FROM revisions")) == revisions
+    assert other.store.revisions.count(cid) == revisions
     assert other.chapters.text(cid) == novel.chapters.text(cid)  # Retry did not undo anything
     novel.stop()
     list(gen)
@@ -158,7 +158,9 @@ def test_a_failed_import_adds_nothing_and_keeps_the_blank_chapter(novel, tmp_pat
 # -- 9. store hygiene -----------------------------------------------------------------------
 def test_a_read_only_database_says_so_in_one_line(novel, tmp_path):
     cid = novel.chapters.add("One", "Safe.")
-    novel.store.db.execute("PRAGMA query_only=ON")  # what a read-only file does to writes
+    # no public way: a fault injected under the store (what a read-only file does to
+    # writes), so a raw PRAGMA on its connection
+    novel.store.db.execute("PRAGMA query_only=ON")
     try:
         for write in (lambda: novel.chapters.save(cid, "Safe. More."),
                       lambda: novel.memories.add("A fact."),
@@ -175,6 +177,8 @@ def test_a_read_only_database_says_so_in_one_line(novel, tmp_path):
 
 def test_a_full_disk_says_so_and_keeps_the_novel_whole(novel, tmp_path):
     cid = novel.chapters.add("One", "Safe.")
+    # no public way: a full disk is simulated under the store, by capping the database
+    # file's pages on its connection
     db = novel.store.db
     db.execute(f"PRAGMA max_page_count={db.execute('PRAGMA page_count').fetchone()[0] + 2}")
     big = tmp_path / "big.txt"
@@ -194,8 +198,8 @@ def test_rows_left_running_by_a_killed_process_are_marked_interrupted(novel, slo
                                      new_tokens=0, seconds=0.0, status="running")
     assert novel.store.lock_writer()  # a live writer elsewhere: its row is left alone
     Store.open(novel.folder).close()
-    assert novel.store.query("SELECT status FROM generation_log")[0]["status"] == "running"
+    assert [r["status"] for r in novel.store.generation_log.list()] == ["running"]
     novel.store.unlock_writer()  # the writer died
     Store.open(novel.folder).close()
-    rows = novel.store.query("SELECT id, status FROM generation_log")
-    assert rows == [{"id": log, "status": "interrupted"}]
+    rows = novel.store.generation_log.list()
+    assert [(r["id"], r["status"]) for r in rows] == [(log, "interrupted")]

@@ -25,7 +25,7 @@ def page(library):
 
 def handler(demo, elem_id, event="click"):
     """The function Gradio runs when the component ``elem_id`` fires ``event``."""
-    ids = {b._id for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id}
+    ids = {i for i, b in demo.blocks.items() if getattr(b, "elem_id", None) == elem_id}
     fns = [f.fn for f in demo.fns.values() if any(t in ids and ev == event
                                                   for t, ev in f.targets)]
     assert len(fns) == 1, (elem_id, event, fns)

@@ -287,6 +287,10 @@ class GenerationLog(Table):
         with self.store.tx() as db:
             db["generation_log"].update(log_id, fields)
 
+    def list(self) -> list[dict]:
+        """Every row, oldest first (params and receipt as stored: JSON text)."""
+        return self._query("SELECT * FROM generation_log ORDER BY id")
+
     def any_running(self) -> bool:
         return bool(self._query("SELECT 1 FROM generation_log WHERE status='running' LIMIT 1"))
 

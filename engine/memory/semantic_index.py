@@ -289,7 +289,10 @@ class SemanticIndex:
             return []
         vecs = self.embedder.encode(queries)
         with self._lock:  # FAISS is not safe to search while catch_up() adds
-            scores, ids = st.index.search(vecs, min(k, st.index.ntotal))
+            n = min(k, st.index.ntotal)  # read again: a sync may have removed rows since
+            if n <= 0:
+                return []
+            scores, ids = st.index.search(vecs, n)
         best: dict[int, float] = {}
         for row_ids, row_scores in zip(ids, scores):
             for f, sc in zip(row_ids, row_scores):

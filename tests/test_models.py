@@ -51,7 +51,14 @@ def bundled():
 def test_bundled_model_is_cached_as_safetensors(bundled):
     src = models.resolve(None)
     assert src.kind == "gguf" and src.location.endswith(".gguf")
-    folder = models._gguf_cache_folder(models.bundled_gguf())
+    gguf, cache = models.bundled_gguf(), models.cache_dir() / "models"
+
+    def listing():  # this model's cache folders (a conversion writes one), every file
+        return sorted((str(p.relative_to(cache)), p.stat().st_mtime_ns)
+                      for d in cache.glob(f"{gguf.stem}-*") for p in [d, *d.rglob("*")])
+    before = listing()
+    folder = models.convert_gguf(gguf)  # cached by load() already: it writes nothing
+    assert listing() == before
     assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
     assert bundled.model.config.num_hidden_layers == 30
 
@@ -86,7 +93,9 @@ def test_loading_beside_the_embedder_keeps_every_weight(bundled, monkeypatch):
 
     ref = bundled.model.state_dict()
     for _ in range(3):
-        monkeypatch.setattr(sem, "_EMBEDDER", None)  # force a fresh embedder load
+        # no public way: the embedder is loaded once per process and has no reset, and
+        # each round needs a fresh load racing the language model's
+        monkeypatch.setattr(sem, "_EMBEDDER", None)
         got = {}
 
         def load_lm():

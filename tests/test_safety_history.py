@@ -148,7 +148,9 @@ def test_migration_ties_old_notes_to_their_passage_or_the_head(novel, slot, monk
     tid = novel.thoughts.add(cid, "writer's")
     folder = novel.folder
     novel.close()
-    db = Store.open(folder).db  # back to schema 3: the columns of migration 4 dropped
+    # no public way: the database is taken back to schema 3 (the columns of migration 4
+    # dropped) on the store's sqlite connection; no store method undoes a migration
+    db = Store.open(folder).db
     for table, col in (("thoughts", "revision_id"), ("chapters", "deleted"),
                        ("revisions", "visited")):
         db.execute(f"ALTER TABLE {table} DROP COLUMN {col}")

@@ -30,6 +30,12 @@ import time
 from pathlib import Path
 
 from . import context
+from .settings import (KNNSettings, Matrix, MatrixSettings, SettingsError, add_flags, changes,
+                       parse_inject, parse_layers)
+
+__all__ = ["MEMORIES", "add_arguments", "add_knn_arguments", "add_matrix_arguments",
+           "float_in", "int_in", "matrix_tokens_for", "parse_inject", "read_manuscript",
+           "run", "score_tokens", "settings_from_args"]
 
 MEMORIES = ("none", "knn", "matrix", "all")
 
@@ -84,40 +90,21 @@ def add_arguments(p) -> None:
 
 
 def add_knn_arguments(p) -> None:
-    """Flags that override KNNSettings (shared by the score CLI and the benchmarks)."""
-    p.add_argument("--knn-mode", choices=("attend", "inject"), default=None)
-    p.add_argument("--knn-layers", default=None, help="layer indices and ranges: 22,25 or 15-29")
-    p.add_argument("--knn-k", type=int_in(1, 1024), default=None)
-    p.add_argument("--knn-heads", type=float_in(0.0, 1.0, lo_open=True), default=None,
-                   help="fraction of query heads")
-    p.add_argument("--knn-position", choices=("behind", "exact"), default=None)
-    p.add_argument("--knn-preset", choices=("recall", "steer"), default=None)
-    p.add_argument("--knn-gate", action="store_true", default=None)
-    p.add_argument("--knn-gate-bias", type=float_in(), default=None,
-                   help="gate mode: memory's share is sigmoid(bias) (default -4)")
-    p.add_argument("--knn-gate-file", default=None,
-                   help="gate mode with learned biases (python -m engine train knn)")
-    p.add_argument("--knn-search-every", type=int_in(1), default=None,
-                   help="attend layers per index search; the others re-rank its hits")
-    p.add_argument("--knn-nprobe", type=int_in(1), default=None, help="IVF lists searched")
-    p.add_argument("--knn-approx-threshold", type=int_in(1), default=None,
-                   help="vectors per index from which search is approximate (IVF)")
-    p.add_argument("--knn-inject", default=None, metavar="KEY=VALUE,...",
-                   help="override the inject preset: inject_type, k, bf, mf, ts, r, "
-                        "layer_fractions (as 0.5/0.6/0.7)")
+    """The --knn-* flags, one per KNNSettings field (shared by the score CLI and the
+    benchmarks); not given, a field keeps its default."""
+    add_flags(p, KNNSettings, prefix="knn-", defaults=True)
     p.add_argument("--no-progress", action="store_true")
 
 
 def add_matrix_arguments(p) -> None:
-    p.add_argument("--matrix-adapter", default=None, help="a trained memory-matrix adapter")
-    p.add_argument("--matrix-layer", type=int_in(0), default=None)
-    p.add_argument("--matrix-rows", type=int_in(1, 1024), default=None,
-                   help="memory tokens read")
+    """The --matrix-* flags: a trained adapter, or a fresh matrix's MatrixSettings."""
+    add_flags(p, Matrix, only=("adapter",), prefix="matrix-")
+    add_flags(p, MatrixSettings, prefix="matrix-", defaults=True,
+              note="; without --matrix-adapter")
 
 
 def matrix_tokens_for(lm, past_ids, args):
     """Memory tokens of a fresh matrix holding ``past_ids`` (the --matrix-* flags)."""
-    from .memory.matrix import MatrixSettings
     from .memory.matrix_model import matrix_of, read_tokens
 
     adapter = None
@@ -126,61 +113,24 @@ def matrix_tokens_for(lm, past_ids, args):
         adapter = load_adapter(args.matrix_adapter, lm)
         settings = adapter.settings
     else:
-        kw = {k: v for k, v in (("layer", getattr(args, "matrix_layer", None)),
-                                ("rows", getattr(args, "matrix_rows", None))) if v is not None}
-        settings = MatrixSettings(**kw)
+        settings = MatrixSettings().changed(**changes(args, MatrixSettings, "matrix-"))
     mm = matrix_of(lm, past_ids, settings)
     return read_tokens(lm, mm, adapter) if mm.writes else None
 
 
-def parse_inject(text: str) -> dict:
-    """'r=0.1,k=10,layer_fractions=0.5/0.7' -> overrides of the inject preset."""
-    from .memory.knn import PRESETS
-
-    known, out = set(PRESETS["recall"]), {}
-    for part in filter(None, (x.strip() for x in text.split(","))):
-        key, _, value = part.partition("=")
-        key = key.strip()
-        if key not in known or not value:
-            raise ValueError(f"--knn-inject: '{part}' is not KEY=VALUE with KEY one of "
-                             f"{', '.join(sorted(known))}.")
-        try:
-            out[key] = (tuple(float(v) for v in value.split("/")) if key == "layer_fractions"
-                        else int(value) if key in ("inject_type", "k") else float(value))
-        except ValueError:
-            raise ValueError(f"--knn-inject: '{value}' is not a number ({key}).") from None
-    return out
-
-
-def settings_from_args(args, base=None, depth: int = 0):
-    """KNNSettings from the --knn-* flags; with ``depth`` (the model's layers) the
-    layers are checked against the model."""
-    from .memory.knn import KNNSettings
-
-    s = base or KNNSettings()
-    kw = {}
-    for flag, field in (("knn_mode", "mode"), ("knn_k", "k"), ("knn_heads", "heads"),
-                        ("knn_position", "position"), ("knn_preset", "preset"),
-                        ("knn_gate", "gate"), ("knn_approx_threshold", "approx_threshold"),
-                        ("knn_search_every", "search_every"), ("knn_nprobe", "nprobe"),
-                        ("knn_gate_bias", "gate_bias"), ("knn_gate_file", "gate_file")):
-        v = getattr(args, flag, None)
-        if v is not None:
-            kw[field] = v
+def settings_from_args(args, base=None, depth: int = 0) -> KNNSettings:
+    """KNNSettings from the --knn-* flags (a parsed Namespace or one built by hand): each
+    checked by its field, SettingsError naming the flag; with ``depth`` (the model's
+    layers) the layers are checked against the model. A gate file turns the gate on."""
+    kw = changes(args, KNNSettings, "knn-")
     if kw.get("gate_file"):
         kw["gate"] = True
-    if getattr(args, "knn_inject", None):
-        kw["inject"] = parse_inject(args.knn_inject)
-    layers = getattr(args, "knn_layers", None)
-    if layers:
-        from .memory.knn_project import parse_layers
+    if kw.get("layers") and depth:
         try:
-            kw["layers"] = tuple(parse_layers(layers, depth))
+            parse_layers(kw["layers"], depth)
         except ValueError as e:
-            raise ValueError(f"--knn-layers: {e}.") from None
-        if not kw["layers"]:
-            raise ValueError("--knn-layers names no layer.")
-    return s.with_(**kw)
+            raise SettingsError(f"--knn-layers: {e}.") from None
+    return (base or KNNSettings()).changed(**kw)
 
 
 def read_manuscript(project) -> str:
@@ -211,7 +161,6 @@ def score_tokens(lm, past_ids, ids, window: int, store=None, settings=None,
     import torch
 
     from .memory.attention import index_tokens, knn_memory, matrix_tokens
-    from .memory.knn import KNNSettings
 
     settings = settings or KNNSettings()
     past_ids, ids = list(past_ids), list(ids)

@@ -74,9 +74,9 @@ def test_shared_search_with_everything_retrievable_is_exact(lm, ids):
     index searches (of the tiny model's 4 layers, 0 and 3 search)."""
     full = lm.model(ids).logits
     s, store = _full_store(lm, ids)
-    with knn_memory(lm, store, s.with_(search_every=1), offset=0, window=W) as every_layer:
+    with knn_memory(lm, store, s.changed(search_every=1), offset=0, window=W) as every_layer:
         lm.model(ids)
-    with knn_memory(lm, store, s.with_(search_every=3), offset=0, window=W) as st:
+    with knn_memory(lm, store, s.changed(search_every=3), offset=0, window=W) as st:
         got = lm.model(ids).logits
     torch.testing.assert_close(got, full, atol=2e-4, rtol=1e-4)
     assert 0 < st.stats["searches"] * 2 <= every_layer.stats["searches"]
@@ -108,7 +108,7 @@ def test_rerank_is_top_k_of_the_pool():
 def test_too_few_neighbours_is_not_exact(lm, ids):
     full = lm.model(ids).logits
     s, store = _full_store(lm, ids)
-    with knn_memory(lm, store, s.with_(k=2), offset=0, window=W):
+    with knn_memory(lm, store, s.changed(k=2), offset=0, window=W):
         got = lm.model(ids).logits
     assert (got - full).abs().max() > 1e-4
 
@@ -192,7 +192,7 @@ def test_gate_mode(lm, ids):
         plain = lm.model(x).logits
     with knn_memory(lm, store, s, horizon=48):
         closed = lm.model(x).logits
-    with knn_memory(lm, store, s.with_(gate_bias=30.0), horizon=48):
+    with knn_memory(lm, store, s.changed(gate_bias=30.0), horizon=48):
         opened = lm.model(x).logits
     torch.testing.assert_close(closed, plain, atol=1e-4, rtol=1e-4)
     assert (opened - plain).abs().max() > 1e-3

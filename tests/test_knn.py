@@ -102,7 +102,7 @@ def test_foreign_store_is_rebuilt(project, lm, ids, settings, count_indexing):
     (folder / "meta.json").write_text(json.dumps(meta))
     store = ensure_store(project, lm, ids, settings, progress=False)
     assert count_indexing == [len(ids), len(ids)] and store.fingerprint == lm.fingerprint
-    ensure_store(project, lm, ids, settings.with_(layers=(2,)), progress=False)
+    ensure_store(project, lm, ids, settings.changed(layers=(2,)), progress=False)
     assert count_indexing[-1] == len(ids)  # other layers: rebuilt too
     assert len(count_indexing) == 3
 
@@ -221,18 +221,18 @@ def test_approximate_index_grows_without_a_rebuild_until_the_store_doubles(kind)
     store = KNNStore(None, (0,), 1, d, "fp", s)
     store.add({0: x[:, :2000]}, {0: x[:, :2000]}, np.arange(2000))
     store.build_index()
-    built = store._index[(0, 0)]
+    built = store.index(0, 0)
     store.add({0: x[:, 2000:3000]}, {0: x[:, 2000:3000]}, np.arange(2000, 3000))
-    assert store._index[(0, 0)] is built and built.ntotal == 3000  # grown, not rebuilt
+    assert store.index(0, 0) is built and built.ntotal == 3000  # grown, not rebuilt
     q = rng.standard_normal((20, d)).astype(np.float32)  # the new entries are searched too
     _, ids = store.search(0, 0, q, 10)
     exact = np.argsort(-(q @ x[0, :3000].astype(np.float32).T), axis=1)[:, :10]
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact)]) > 0.8
     assert (ids >= 2000).any()
     store.add({0: x[:, 3000:]}, {0: x[:, 3000:]}, np.arange(3000, 5000))
-    assert store._index == {}  # past twice its trained size: rebuilt on the next search
+    assert store.index(0, 0) is None  # past twice its trained size: rebuilt on the next search
     store.search(0, 0, q, 1)
-    assert store._index[(0, 0)] is not built and store._index[(0, 0)].ntotal == 5000
+    assert store.index(0, 0) is not built and store.index(0, 0).ntotal == 5000
 
 
 @pytest.mark.parametrize("every,searching_layers", [(1, 4), (2, 2), (4, 1)])

@@ -51,7 +51,7 @@ def test_the_gate_file_changes_what_the_model_reads(lm, trained):
     x = torch.tensor([ids[96:160]])
     with knn_memory(lm, store, s, horizon=96):
         fixed = lm.model(x).logits
-    with knn_memory(lm, store, s.with_(gate_file=str(out)), horizon=96) as st:
+    with knn_memory(lm, store, s.changed(gate_file=str(out)), horizon=96) as st:
         learned = lm.model(x).logits
     assert st.gates is not None
     assert (fixed - learned).abs().max() > 1e-5

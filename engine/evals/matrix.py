@@ -16,13 +16,14 @@ import time
 
 import numpy as np
 
+from ..settings import MatrixSettings, add_flags, changes
+
 
 def add_arguments(p) -> None:
     p.add_argument("--segment", type=int, default=128, help="tokens per written segment")
     p.add_argument("--written", type=int, default=120)
     p.add_argument("--unseen", type=int, default=60)
-    p.add_argument("--slots", type=int, default=4096)
-    p.add_argument("--layer", type=int, default=None)
+    add_flags(p, MatrixSettings, only=("layer", "slots"), defaults=True)  # what the grid does not sweep
     p.add_argument("--gains", default="0.5,2")
     p.add_argument("--biases", default="0,3,6")
     p.add_argument("--lrs", default="0.5,1")
@@ -53,13 +54,12 @@ def evaluate(states, n_written, settings) -> dict:
 
 def run(args) -> int:
     from ..memory.attention import layer_states
-    from ..memory.matrix import MatrixSettings
     from ..models import load
     from ._book import encode_chapters, renamed_chapters
 
     t0 = time.perf_counter()
     lm = load(getattr(args, "model", None))
-    base = MatrixSettings(layer=args.layer, slots=args.slots)
+    base = MatrixSettings().changed(**changes(args, MatrixSettings))
     layer = base.resolved_layer(lm.shape[0])
     n = args.written + args.unseen
     ids = []
@@ -76,17 +76,17 @@ def run(args) -> int:
     grid = [(1.0, 0.0, 0.0)] + list(itertools.product(*(map(float, x.split(",")) for x in (args.gains, args.biases, args.lrs))))
     for gain, bias, lr in grid:
         r = {"gain": gain, "bias": bias, "lr": lr,
-             **evaluate(states, args.written, base.with_(gain=gain, bias=bias, lr=lr))}
+             **evaluate(states, args.written, base.changed(gain=gain, bias=bias, lr=lr))}
         rows.append(r)
         if not args.json:
             print(f"gain {gain:<4} bias {bias:<4} lr {lr:<4}  AUC {r['auc']:.3f}  row |cos| "
                   f"{r['row_cos']:.3f}  gate mean {r['gate_mean']:.3f}  {r['write_ms']} ms/write")
-    out = {"model": lm.name, "layer": layer, "slots": args.slots, "segment": args.segment,
+    out = {"model": lm.name, "layer": layer, "slots": base.slots, "segment": args.segment,
            "written": args.written, "unseen": args.unseen, "read_s": round(t_read, 1),
            "results": rows, "seconds": round(time.perf_counter() - t0, 1)}
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"layer {layer}, {args.slots} slots, {args.written} written / {args.unseen} "
+        print(f"layer {layer}, {base.slots} slots, {args.written} written / {args.unseen} "
               f"unseen segments of {args.segment} tokens; {out['seconds']}s")
     return 0

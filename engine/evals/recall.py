@@ -86,7 +86,7 @@ def run(args) -> int:
     chapters = _mentions(lm, renamed_chapters()[: max(ks) + 1], None)
     base = settings_from_args(args)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    settings = {m: base.with_(mode=m) for m in modes}
+    settings = {m: base.changed(mode=m) for m in modes}
     extra = [m.strip() for m in args.matrix.split(",") if m.strip()]
     depth, kv, hd = lm.shape
     layers = sorted({l for s in settings.values() for l in s.read_layers(depth)})
@@ -128,7 +128,7 @@ def run(args) -> int:
         tokens = matrix_tokens_for(lm, past, args) if extra else None
         for m in extra:  # the memory matrix alone, and with kNN (attend)
             t = time.perf_counter()
-            s = base.with_(mode="attend")
+            s = base.changed(mode="attend")
             store = store_all.clone(len(past), s) if m == "all" else None
             lp = score_tokens(lm, past, ids, W, store, s, tokens=tokens)
             res[f"knn_{m}_s"] = round(time.perf_counter() - t, 1)

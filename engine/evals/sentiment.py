@@ -90,10 +90,10 @@ def run(args) -> int:
     vader = SentimentIntensityAnalyzer()
     base = settings_from_args(args)
     if getattr(args, "knn_preset", None) is None:
-        base = base.with_(preset="steer")
+        base = base.changed(preset="steer")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     depth, kv, hd = lm.shape
-    layers = sorted({l for m in modes for l in base.with_(mode=m).read_layers(depth)})
+    layers = sorted({l for m in modes for l in base.changed(mode=m).read_layers(depth)})
     stores = {}
     for view, text in MEMORY.items():
         store = KNNStore(None, layers, kv, hd, lm.fingerprint, base, depth)
@@ -110,7 +110,7 @@ def run(args) -> int:
             if mode == "prompt":  # reference: the memory's text read as context
                 ids_in = encode(lm.tokenizer, MEMORY[view] + "\n\n" + OPENING)
             elif mode is not None:
-                s = base.with_(mode=mode)
+                s = base.changed(mode=mode)
                 ctx = (lambda s=s, v=view: knn_memory(lm, stores[v], s))
             ids = sample(lm, ids_in, args.new_tokens, seed, args.temperature, args.top_p, ctx)
             text = lm.tokenizer.decode(ids)

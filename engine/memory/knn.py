@@ -20,90 +20,18 @@ Why this shape:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+# the settings are declared with the others (engine/settings.py); re-exported here
+from ..settings import PRESETS, KNNSettings
 # the on-disk half, re-exported here where the rest of the engine imports it from
 from .knn_files import FORMAT_VERSION, KNN_DIR, StoreError, clean_stale, store_folder
 from .knn_files import load_store, save_store
 
 __all__ = ["FORMAT_VERSION", "KNN_DIR", "PRESETS", "KNNSettings", "KNNStore", "StoreError",
            "clean_stale", "gpu_available", "k32", "new_store", "store_folder"]
-
-# The seed's presets (DESIGN.md), with layers given as fractions of depth of a
-# 12-layer GPT-2 (layer 10 of 12; layers 7-9 of 12) and translated per model.
-PRESETS = {
-    "recall": dict(inject_type=2, layer_fractions=(10 / 12,), k=5, bf=0.9, mf=0.0,
-                   ts=1000.0, r=0.1),
-    "steer": dict(inject_type=3, layer_fractions=(7 / 12, 8 / 12, 9 / 12), k=5, bf=0.9,
-                  mf=5.0, ts=0.01, r=0.33),
-}
-
-
-@dataclass
-class KNNSettings:
-    """How the kNN memory is written and read.
-
-    The defaults (layers, k, position, search_every, nprobe, approx_threshold, gate
-    off) and their measurements: docs/measurements.md (kNN memory).
-    """
-    mode: str = "attend"            # attend | inject
-    layers: tuple | None = None     # attend layers; None -> default_layers(depth)
-    layer_span: tuple = (0.5, 1.0)  # default attend layers: [from, to) as fractions of depth
-    k: int = 32                     # neighbours per query head (attend)
-    heads: float = 1.0              # fraction of query heads that read memory
-    search_every: int = 3           # attend layers per index search (attention/knn_search.py)
-    position: str = "behind"        # behind | exact
-    gap: int = 0                    # extra distance behind the window (behind mode)
-    gate: bool = False              # separate softmax mixed by sigmoid(b_h)
-    gate_bias: float = -4.0         # b_h when no gate file: memory starts near zero
-    gate_file: str | None = None    # learned b per layer and head (python -m engine train knn)
-    preset: str = "recall"          # inject preset: recall | steer
-    inject: dict = field(default_factory=dict)  # overrides of the preset's fields
-    approx_threshold: int = 8_192    # vectors per index before going approximate
-    approx: str = "ivf"             # ivf | hnsw
-    nprobe: int = 8                 # IVF lists searched
-    ef_search: int = 64             # HNSW beam
-    chunk: int = 512                # tokens per indexing forward pass
-    overlap: int = 256              # context tokens before each indexing chunk
-
-    def preset_params(self) -> dict:
-        p = dict(PRESETS[self.preset])
-        p.update(self.inject)
-        return p
-
-    def read_layers(self, depth: int) -> tuple:
-        """The layers that read memory in the current mode, for a model of this depth."""
-        if self.mode == "inject":
-            fr = self.preset_params()["layer_fractions"]
-            return tuple(sorted({min(depth - 1, int(round(f * depth))) for f in fr}))
-        if self.layers is not None:
-            return tuple(sorted(int(x) for x in self.layers))
-        a, b = (min(depth - 1, max(0, int(round(f * depth)))) for f in self.layer_span)
-        return tuple(range(a, max(a + 1, b if self.layer_span[1] < 1 else depth)))
-
-    def stamp(self, depth: int) -> dict:
-        """What makes stored keys/values valid: which layers, how they were computed."""
-        return {"layers": list(self.read_layers(depth)), "overlap": self.overlap,
-                "format": FORMAT_VERSION}
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "KNNSettings":
-        d = dict(d or {})
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if known.get("layers") is not None:
-            known["layers"] = tuple(known["layers"])
-        return cls(**known)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["layers"] = list(self.layers) if self.layers is not None else None
-        return d
-
-    def with_(self, **kw) -> "KNNSettings":
-        return replace(self, **kw)
 
 
 def _faiss():
@@ -156,6 +84,10 @@ class KNNStore:
     def nbytes(self) -> int:
         return int(sum(a.nbytes for a in self.keys.values()) +
                    sum(a.nbytes for a in self.values.values()) + self.positions.nbytes)
+
+    def index(self, layer: int, head: int):
+        """The built FAISS index of (layer, KV head), or None until a search builds it."""
+        return self._index.get((layer, head))
 
     def info(self) -> dict:
         return {"tokens": len(self), "layers": list(self.layers), "index": self._kind,

@@ -29,12 +29,16 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
+# the settings are declared with the others (engine/settings.py); re-exported here
+from ..settings import MatrixSettings
+
+__all__ = ["BUCKETS", "FORMAT", "MatrixError", "MatrixSettings", "MemoryMatrix",
+           "countsketch", "sketch_matrix"]
 
 FORMAT = 1
 BUCKETS = 64  # slot groups in the usage log (the UI's plot rows)
@@ -42,43 +46,6 @@ BUCKETS = 64  # slot groups in the usage log (the UI's plot rows)
 
 class MatrixError(UserError, ValueError):
     """A matrix file that cannot be trusted (corrupt, foreign, wrong shape, NaN)."""
-
-
-@dataclass(frozen=True)
-class MatrixSettings:
-    layer: int | None = None   # None: DEFAULT_DEPTH of the model's depth
-    slots: int = 4096          # m
-    rows: int = 64             # r, memory tokens per read
-    gain: float = 1.0          # gate sharpness (the seed's is 0.5)
-    bias: float = 6.0          # gate threshold in z units (see module docstring)
-    lr: float = 0.5            # step of each write
-    norm: str = "rows"         # rows | decay | none
-    decay: float = 0.01        # per write, when norm == "decay"
-    seed: int = 0
-    distance: int = 64         # rotary: memory tokens sit this far behind each query
-    read_bias: float = 0.0     # added to memory-token attention logits (the read gate)
-
-    DEFAULT_DEPTH = 0.3        # share of the depth; docs/measurements.md (Memory matrix)
-
-    def resolved_layer(self, depth: int) -> int:
-        layer = self.layer if self.layer is not None else int(round(self.DEFAULT_DEPTH * (depth - 1)))
-        if not 0 <= layer < depth:
-            raise ValueError(f"the memory matrix layer must lie in 0..{depth - 1}")
-        return layer
-
-    def with_(self, **kw) -> "MatrixSettings":
-        return replace(self, **kw)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def write_stamp(self, depth: int) -> dict:
-        """What a stored matrix must match to be reused (read-only settings excluded)."""
-        d = self.to_dict()
-        d["layer"] = self.resolved_layer(depth)
-        for k in ("rows", "distance", "read_bias"):
-            d.pop(k)
-        return d
 
 
 def countsketch(m: int, r: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

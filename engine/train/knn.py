@@ -55,7 +55,7 @@ def train(lm, corpus, out: Path, steps=60, lr=0.1, seed=0, window=256, segment=2
     from .memory import corpus_ids
 
     torch.manual_seed(seed)
-    settings = (settings or KNNSettings()).with_(mode="attend", gate=True)
+    settings = (settings or KNNSettings()).changed(mode="attend", gate=True)
     layers = settings.read_layers(lm.shape[0])
     ids = corpus_ids(lm, corpus)
     need = MIN_PAST + window + segment + 1

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..score import int_in
+from ..settings import Matrix, add_flags
 from .common import _model_arg, _slot
 
 
@@ -197,13 +198,8 @@ def add_matrix(sub) -> None:
     p.add_argument("action", choices=("show", "on", "off", "set", "pin", "unpin", "reset",
                                       "usage"))
     p.add_argument("ref", nargs="?", default=None, help="pin/unpin: a memory id")
-    p.add_argument("--layer", type=int_in(0), default=None,
-                   help="within the model's layers (checked against it)")
-    p.add_argument("--slots", type=int_in(64, 65536), default=None,
-                   help="a multiple of 64, 64..65536")
-    p.add_argument("--rows", type=int_in(1, 1024), default=None,
-                   help="memory tokens read per layer, 1..1024")
-    p.add_argument("--adapter", default=None, help="a trained adapter ('' for none)")
+    # --layer --slots --rows --adapter: the novel's Matrix section, checked by its fields
+    add_flags(p, Matrix, only=("layer", "slots", "rows", "adapter"))
     p.add_argument("--json", action="store_true")
     _model_arg(p)
     p.set_defaults(fn=cmd_matrix)

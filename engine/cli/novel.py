@@ -1,14 +1,19 @@
 """The novel's subcommands: new, import, list, write, export."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
 from ..score import float_in, int_in
+from ..settings import Thoughts, add_flags
+from ..settings import changes as settings_changes
 from .common import _model_arg, _slot
+
+# write's flags for the Thoughts fields (the flag names predate the section's)
+THOUGHT_FLAGS = {"plan_first": "plan-first", "every": "note-every", "mode": "thought-mode",
+                 "adapter": "thought-adapter"}
 
 
 def cmd_new(args) -> int:
@@ -87,12 +92,11 @@ def cmd_write(args) -> int:
         raise ValueError(f"--budget must be 1..{lm.context_length} tokens for {lm.name}, "
                          f"not {args.budget}.")
     _check_memory_layers(novel)
-    changes = {}
-    if args.no_thoughts or args.plan_first:
-        changes.update(on=not args.no_thoughts, plan_first=args.plan_first)
-    mode = "self" if args.self_commentary else args.thought_mode
-    if mode or args.thought_adapter is not None or args.note_every is not None:
-        changes.update(mode=mode, adapter=args.thought_adapter, every=args.note_every)
+    changes = settings_changes(args, Thoughts)  # --plan-first, --thought-*, --note-every
+    if args.no_thoughts or args.plan_first:  # a plan is a note: --plan-first turns them on
+        changes.update(on=not args.no_thoughts, plan_first=bool(args.plan_first))
+    if args.self_commentary:
+        changes["mode"] = "self"
     if changes:  # one call: the whole change is checked before it is saved
         novel.thoughts.set_settings(**changes)
     else:
@@ -150,14 +154,6 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _every(text):
-    from ..thoughts import parse_every
-    try:
-        return str(parse_every(text))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 # -- the parsers (fn is looked up when the parser is built, so a test may replace it) --
 def add_new(sub) -> None:
     p = sub.add_parser("new", help="create a novel")
@@ -200,17 +196,10 @@ def add_write(sub) -> None:
                    help="prompt token budget (at most the model's context length)")
     p.add_argument("--prompt", default="", help="your own words, added before the model writes")
     p.add_argument("--receipt", default=None, help="write the context receipt here (JSON)")
+    # the margin notes: the Thoughts section's fields, but for the two shortcuts
     p.add_argument("--no-thoughts", action="store_true", help="no margin note (kept as a setting)")
-    p.add_argument("--plan-first", action="store_true", help="the note plans the passage first")
-    p.add_argument("--note-every", type=_every, default=None, metavar="passage|paragraph|N",
-                   help="a margin note after each paragraph (default), each passage, or "
-                        "every N tokens (kept as a setting)")
-    p.add_argument("--thought-mode", choices=("prompt", "self"), default=None,
-                   help="who writes the notes: a summarising prompt, or the model itself "
-                        "tuned by 'train thoughts' (kept as a setting)")
+    add_flags(p, Thoughts, only=THOUGHT_FLAGS, names=THOUGHT_FLAGS, note=" (kept as a setting)")
     p.add_argument("--self-commentary", action="store_true", help="--thought-mode self")
-    p.add_argument("--thought-adapter", default=None,
-                   help="self mode: the adapter folder ('' for the model's default one)")
     _model_arg(p)
     p.set_defaults(fn=cmd_write)
 

@@ -54,12 +54,19 @@ def wire(lib, k: dict, novel_dd, opened: list) -> None:
                             on_error=lambda msg, name, *rest: view(name, msg))
 
     @act()
-    def on_apply(novel, on, layers, kk):
+    def on_apply(novel, on, layers, kk, progress=gr.Progress()):
         novel.knn.set_settings(bool(on), layers or "", int(kk))
         s = novel.knn.settings()
         where = layers_text(s["layers"]) if s["layers"] else "default layers"
-        return view(name_of(novel),
-                    ok(f"Long memory {'on' if on else 'off'}: {where}, k {s['k']}."))
+        msg = f"Long memory {'on' if on else 'off'}: {where}, k {s['k']}."
+        if on and novel.busy:
+            msg += " It is brought up to date after the passage being written."
+        elif on:  # built now, with progress, not in the middle of the next Continue
+            progress(0, desc="Indexing the manuscript")
+            store = novel.knn.store(lambda done, total: progress(
+                done / max(1, total), desc=f"Indexing {done:,}/{total:,} tokens"))
+            msg += f" {len(store):,} tokens stored."
+        return view(name_of(novel), ok(msg))
 
     @act()
     def on_rebuild(novel, progress=gr.Progress()):

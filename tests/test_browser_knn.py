@@ -26,6 +26,11 @@ def test_knn_panel_on_k_rebuild(app_server, page):
 
     page.locator("#knn-on input[type=checkbox]").check()
     expect(status).to_contain_text("Long memory on")
+    # turning it on builds the store at once (not in the middle of the next Continue)
+    from engine.tiny import byte_tokenizer  # the slow test model's tokenizer kind
+    n = len(byte_tokenizer()(OPENING.strip(), add_special_tokens=False).input_ids)
+    expect(status).to_contain_text(f"{n:,} tokens stored.", timeout=60_000)
+    expect(info).to_contain_text(re.compile(rf"\b{n:,} tokens"))
     page.locator("#knn-k input[type=number]").fill("12")
     page.locator("#knn-layers textarea, #knn-layers input").first.fill("9-11")
     page.locator("#knn-apply").click()
@@ -37,8 +42,6 @@ def test_knn_panel_on_k_rebuild(app_server, page):
 
     page.locator("#knn-rebuild").click()
     expect(status).to_contain_text("Rebuilt", timeout=60_000)
-    from engine.tiny import byte_tokenizer  # the slow test model's tokenizer kind
-    n = len(byte_tokenizer()(OPENING.strip(), add_special_tokens=False).input_ids)
     expect(info).to_contain_text(re.compile(rf"\b{n:,} tokens"))
     expect(info).to_contain_text("layers 9-11")
 
@@ -81,8 +84,8 @@ def test_import_then_continue_with_long_memory_matches_the_engine(app_server, pa
     expect(editor(page)).to_have_value(re.compile(r"Mr\. Bennet was among the earliest"))
 
     page.locator("#knn-panel").get_by_text("Long memory (kNN)", exact=True).first.click()
-    page.locator("#knn-on input[type=checkbox]").check()
-    expect(page.locator("#knn-status")).to_contain_text("Long memory on")
+    page.locator("#knn-on input[type=checkbox]").check()  # indexes the two chapters now
+    expect(page.locator("#knn-status")).to_contain_text("tokens stored.", timeout=120_000)
     page.locator("#knn-rebuild").click()
     expect(page.locator("#knn-status")).to_contain_text("Rebuilt", timeout=120_000)
     page.get_by_label("Seed (-1: random)").fill("7")

@@ -5,6 +5,13 @@ thoughts, then the tail of the manuscript) so the key/value cache of an unchange
 prefix can be reused between Continues. Each block is tokenised on its own and the
 prompt is the concatenation of those ids, so the receipt's token counts are exactly
 what the model reads.
+
+Two framings (``frame``): ``raw`` is plain text for the model to continue; ``chat``
+puts the bible, memories and the notes at the end of the text in a user turn of the
+model's own chat template and the story so far in the assistant's turn, left open, so
+an instruct model goes on writing its own prose instead of answering about it. A
+tokenizer without a chat template always gets ``raw``. ``frame_*`` blocks in the
+receipt are the template's text.
 """
 from __future__ import annotations
 
@@ -14,9 +21,28 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .thoughts import BEGIN, END
+
 # When the budget is short, room goes to: pins (reserved; dropped only when pins
 # alone exceed the budget), the bible, a share for the tail, thoughts, recalled.
 MIN_TAIL_SHARE = 0.5  # the tail may use at least this share of what pins and bible leave
+FRAMES = ("raw", "chat")
+DEFAULT_FRAME = "chat"  # measured in docs/measurements.md ("Prose")
+SYSTEM = ("You are a novelist writing a book. In your turn you continue the story "
+          "exactly where it stops, in its own style: prose only, no headings, lists, "
+          "notes or comments.")
+ASK = "Continue the story."
+_PLAN = re.compile(r"\s*(?:next|then|plan)\s*:\s*", re.I)  # a writer's steering note
+
+
+def ask_text(plans: list[str]) -> str:
+    """The request at the end of the user's turn, with the writer's plan in it."""
+    plans = [_PLAN.sub("", p).strip().rstrip(" .") for p in plans]
+    plans = [p for p in plans if p]
+    if not plans:
+        return ASK
+    return f"{ASK} What happens next: {'; '.join(plans)}."
+_TRAILING_THOUGHTS = re.compile(rf"(?:\s*{BEGIN}[^{BEGIN}{END}]*{END})+\s*\Z")
 
 
 @dataclass
@@ -125,16 +151,52 @@ def memory_text(kind: str, text: str) -> str:
     return f"[{head}: {text.strip()}]\n"
 
 
+def chat_frame(tokenizer, system: str = SYSTEM) -> tuple[str, str] | None:
+    """The model's chat template around a user turn and an open assistant turn, as
+    (text before the user's words, text between them and the assistant's); None when
+    the tokenizer has no chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    user, story = "\x00USER\x00", "\x00STORY\x00"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "system", "content": system}, {"role": "user", "content": user},
+             {"role": "assistant", "content": story}], tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that will not render: plain text
+        return None
+    if not isinstance(text, str) or user not in text or story not in text:
+        return None
+    i, j = text.index(user), text.index(story)
+    return text[:i], text[i + len(user):j]
+
+
 def build(tokenizer, budget: int, bible: dict, tail: str, chapter_heading: str = "",
           pins: list[tuple[str, str]] = (), recalled: list[tuple[str, str, str]] = (),
-          thoughts: list[tuple[str, str]] = ()) -> tuple[list[int], Receipt]:
+          thoughts: list[tuple[str, str]] = (), frame: str | None = None
+          ) -> tuple[list[int], Receipt]:
     """Assemble the prompt ids and the receipt.
 
     pins: (label, text); recalled: (label, text, why) or dicts with label, text, why,
     score, kind ('recalled' | 'associated'), key, tier, via, in priority order;
-    thoughts: (label, text). Each receipt block records its offset in the prompt ids.
+    thoughts: (label, text); frame: 'raw' | 'chat' (None: ``DEFAULT_FRAME``). Each
+    receipt block records its offset in the prompt ids.
     """
+    frame = frame or DEFAULT_FRAME
+    if frame not in FRAMES:
+        raise ValueError(f"The frame must be one of {', '.join(FRAMES)}, not {frame!r}.")
+    pieces = chat_frame(tokenizer) if frame == "chat" else None
     receipt = Receipt(budget=budget)
+    thoughts = list(thoughts)
+    plans: list[str] = []
+    if pieces is not None and (m := _TRAILING_THOUGHTS.search(tail)):
+        # the notes after the last words go in the user's turn: the story stays prose;
+        # a writer's "Next: ..." becomes the request itself
+        for note in re.findall(rf"{BEGIN}([^{BEGIN}{END}]*){END}", m.group(0)):
+            if _PLAN.match(note):
+                plans.append(note)
+            else:
+                thoughts.append(("note at the end of the text", note))
+        tail = tail[:m.start()]
     candidates: list[Block] = [Block("bible", "Story bible", "always", bible_text(bible))]
     candidates += [Block("pinned", label, "pinned by the writer", memory_text("pinned", text))
                    for label, text in pins]
@@ -146,20 +208,30 @@ def build(tokenizer, budget: int, bible: dict, tail: str, chapter_heading: str =
                                 score=r.get("score"), meta=meta))
     candidates += [Block("thought", label, "recent thought", memory_text("thought", text))
                    for label, text in thoughts]
+    if plans:  # the writer's steering note, as the request that ends the user's turn
+        candidates.append(Block("thought", "the writer's note for what comes next",
+                                "the writer's plan", "\n" + ask_text(plans), meta={"plan": 1}))
     for b in candidates:
         b.ids = encode(tokenizer, b.text)
     heading = f"{chapter_heading.strip()}\n\n" if chapter_heading.strip() else ""
     head_ids, tail_ids = encode(tokenizer, heading), encode(tokenizer, tail)
+    frames: list[Block] = []
+    if pieces is not None:
+        frames = [Block("frame_user", "Chat template: instructions", "the model's chat "
+                        "template", pieces[0]),
+                  Block("frame_story", "Chat template: the story's turn", "the model's "
+                        "chat template", ("" if plans else f"\n{ASK}") + pieces[1])]
+        for b in frames:
+            b.ids = encode(tokenizer, b.text)
 
-    left = budget
-
+    left = budget - sum(len(b.ids) for b in frames)
     def drop(b: Block, reason: str) -> None:
         receipt.dropped.append({"kind": b.kind, "label": b.label, "tokens": len(b.ids),
                                 "reason": reason, "score": b.score, **b.meta})
 
     # 1. pins: reserved; only pins alone over budget drop any (the newest first).
     pins_b = [b for b in candidates if b.kind == "pinned"]
-    while sum(len(b.ids) for b in pins_b) > budget:
+    while sum(len(b.ids) for b in pins_b) > left:
         victim = pins_b.pop()
         drop(victim, "pinned memories alone exceed the whole context budget")
         receipt.warnings.append(
@@ -198,10 +270,10 @@ def build(tokenizer, budget: int, bible: dict, tail: str, chapter_heading: str =
     tail_b.text = tokenizer.decode(tail_b.ids) if tail_b.ids else ""
 
     # Stable-first order for prefix reuse.
-    chosen = ([bible_b] if bible_b else []) + pins_b
+    chosen = frames[:1] + ([bible_b] if bible_b else []) + pins_b
     chosen += [b for b in extras if b.kind in ("recalled", "associated")]
-    chosen += [b for b in extras if b.kind == "thought"]
-    chosen.append(tail_b)
+    chosen += [b for b in extras if b.kind == "thought" and "plan" not in b.meta]
+    chosen += [b for b in extras if "plan" in b.meta] + frames[1:] + [tail_b]
     ids: list[int] = []
     for b in chosen:
         if not b.ids:

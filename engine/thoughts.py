@@ -139,15 +139,21 @@ def _reanchor_diff(old: str, new: str, anchor: int) -> int:
     return len(new)
 
 
+NOTE_SYSTEM = ("You keep a novelist's notebook. A note says in one plain sentence what "
+               "happens in the story: who does what, and why it matters. No praise, no "
+               "advice, no talk about the writing.")
+
+
 def note_messages(passage: str, bible: dict, plan: bool = False) -> list[dict]:
     """The short prompt that asks an instruct model for one note on a passage."""
-    ask = ("In one or two sentences, plan what should happen next in this story, "
-           "and what must not be forgotten." if plan else
-           "In one or two sentences, note what just happened in this passage, what "
-           "must be remembered, and what should come next.")
-    return [{"role": "system", "content": "You are a novelist's private notebook. "
-                                          f"The novel is '{bible.get('title', '')}'."},
-            {"role": "user", "content": f"{passage.strip()[-2000:]}\n\n{ask}"}]
+    ask = ("In one short sentence, say what should happen next in the story, naming the "
+           "characters: plan what must not be forgotten." if plan else
+           "Summarise the events of this passage in one short sentence, naming the "
+           "characters.")
+    title = (bible.get("title") or "").strip()
+    return [{"role": "system", "content": NOTE_SYSTEM + (f" The novel is '{title}'."
+                                                         if title else "")},
+            {"role": "user", "content": f"Passage:\n{passage.strip()[-2000:]}\n\n{ask}"}]
 
 
 class ThoughtBook:
@@ -282,35 +288,140 @@ def note_points(text: str, every, tokenizer=None) -> list[int]:
     return points
 
 
+NOTE_TRIES = 3  # notes asked for before a passage goes without one
+_STOP = set("""a an and are as at be but by for from had has have he her hers him his i if in
+into is it its me my no not of on or our she so that the their them then there they this to
+up us was we were what when where which who will with you your yes oh ah well now here
+mr mrs miss dr sir lady lord""".split())
+# Capitalised only because they begin a sentence: never taken for a name there.
+_STARTERS = set("""outside inside below above behind beyond across through around along under
+over after before then when while once now still yet just only perhaps maybe even soon later
+today tonight tomorrow yesterday every each all some most many one two three half nobody
+everyone everybody somebody someone something nothing everything somewhere nowhere why how
+who which whose though although because since until unless as nor also again always never
+sometimes instead however suddenly slowly finally there these those one another other such
+both either neither let do did does can could would should must may might shall don
+twenty thirty forty fifty hundred""".split())
+_PLACE_BEFORE = re.compile(r"\b(?:in|at|to|from|of|near|into|across|over|through|toward|towards)\s*$")
+_TITLES = {"Mr", "Mrs", "Miss", "Dr", "Sir", "Lady", "Lord", "Captain", "Constable"}
+_NAME = re.compile(r"\b[A-Z][a-z]+(?:-[A-Z][a-z]+)?\b")
+_REVIEW = re.compile(
+    r"^\W*(?:this|the|in this|in the) (?:scene|sentence|passage|paragraph|story|excerpt|"
+    r"text|chapter|piece|narrative|novel)\b|\bthe (?:author|writer|reader|narrator)\b", re.I)
+
+
+def note_names(paragraph: str) -> list[str]:
+    """The characters and places a paragraph names, most mentioned first: capitalised
+    words that are not the first word of a sentence (or recur), with a title before
+    them kept ("Mr. Bingley")."""
+    mentions: dict[str, int] = {}
+    inside: dict[str, int] = {}  # mentions that are not a sentence's first word
+    titled: dict[str, str] = {}
+    places: dict[str, int] = {}
+    for m in _NAME.finditer(paragraph):
+        word = m.group(0)
+        if word.lower() in _STOP or word in _TITLES:
+            continue
+        before = paragraph[:m.start()].rstrip()
+        title = re.search(r"\b(" + "|".join(_TITLES) + r")(\.?)\s*$", paragraph[:m.start()])
+        if title:
+            titled[word] = f"{title.group(1)}{title.group(2)} {word}"
+        first = not before or (before[-1] in ".!?\"“”'’\n:—" and not title)
+        mentions[word] = mentions.get(word, 0) + 1
+        inside[word] = inside.get(word, 0) + (not first)
+        places[word] = places.get(word, 0) + bool(_PLACE_BEFORE.search(before))
+    names = [w for w in mentions if inside[w] or mentions[w] >= 2
+             or (w.lower() not in _STARTERS and not w.endswith(("ly", "ing", "ed")))]
+    # people before places ("in Greyhollow"), then the most mentioned
+    names.sort(key=lambda w: (places[w] * 2 >= mentions[w], -mentions[w], -inside[w]))
+    return [titled.get(w, w) for w in names]
+
+
+def _stems(text: str) -> set[str]:
+    return {w[:5] for w in re.findall(r"[a-z']+", text.lower())
+            if len(w) >= 4 and w not in _STOP}
+
+
+def note_is_about(note: str, paragraph: str, lead: str = "") -> bool:
+    """The note names a character of its paragraph, or two of its events' words. A
+    ``lead`` the note was made to start with names nobody: then its events must."""
+    body = note[len(lead):] if lead and note.startswith(lead) else note
+    names = {n.split()[-1] for n in note_names(paragraph)}
+    if not lead and any(re.search(rf"\b{re.escape(n)}\b", body) for n in names):
+        return True
+    return len(_stems(body) & (_stems(paragraph) - {n.lower()[:5] for n in names})) >= 2
+
+
+def note_problem(note: str, paragraph: str, lead: str = "") -> str | None:
+    """Why a note is not worth keeping (None: keep it): empty, an assistant's or a
+    reviewer's voice, not about its paragraph, or the paragraph copied out."""
+    from .writer import ASSISTANT
+
+    if len(note.strip()) < 12:
+        return "empty"
+    if ASSISTANT.search(note) or _REVIEW.search(note):
+        return "assistant"
+    if not note_is_about(note, paragraph, lead):
+        return "not about its paragraph"
+    w_note = re.findall(r"\w+", note.lower())
+    para = " " + " ".join(re.findall(r"\w+", paragraph.lower())) + " "
+    if any(f" {' '.join(w_note[i:i + 12])} " in para for i in range(len(w_note) - 11)):
+        return "copied from the paragraph"
+    return None
+
+
+def note_lead(passage: str, plan: bool = False) -> str:
+    """The words the note starts with, written for the model: the passage's main
+    character, so that the note is about the story and not about the writing."""
+    names = note_names(passage)
+    return names[0] if names else ""
+
+
 def write_note(lm, passage: str, bible: dict, plan: bool = False, seed: int = 0,
-               cancel=None) -> str:
-    """Ask the model for one short note on a passage (or a plan for the next one)."""
-    from .writer import Result, Sampling, stream
+               cancel=None, tries: int = NOTE_TRIES) -> str:
+    """Ask the model for one short note on a passage (or a plan for the next one);
+    a note that ``note_problem`` turns down is asked for again with another seed, up
+    to ``tries`` times, and after that the passage goes without a note ("")."""
+    from .writer import PrefixCache, Result, Sampling, stream
 
-    ids = note_prompt_ids(lm.tokenizer, passage, bible, plan)
-    result = Result()
-    with lm.lock:
-        for _ in stream(lm, ids, Sampling(**NOTE_SAMPLING, max_new_tokens=NOTE_TOKENS,
-                                          seed=seed),
-                        cancel, result=result):
-            pass
-    return tidy_note(result.text, cut_short=result.stop_reason == "length")
+    lead = note_lead(passage, plan)
+    ids = note_prompt_ids(lm.tokenizer, passage, bible, plan, lead=lead)
+    prefix = PrefixCache()  # each try re-reads only the tokens after the prompt
+    for k in range(max(1, tries)):
+        result = Result()
+        with lm.lock:
+            for _ in stream(lm, ids, Sampling(**NOTE_SAMPLING, max_new_tokens=NOTE_TOKENS,
+                                              seed=seed + 7919 * k),
+                            cancel, prefix, prefix_key="note", result=result):
+                pass
+        if result.stop_reason == "cancelled":
+            return ""
+        note = tidy_note(result.text, cut_short=result.stop_reason == "length", lead=lead)
+        if note_problem(note, passage, lead) is None:
+            return note
+    return ""
 
 
-def note_prompt_ids(tok, passage: str, bible: dict, plan: bool = False) -> list[int]:
-    """The note prompt as token ids: the chat template, or a plain notebook line."""
+def note_prompt_ids(tok, passage: str, bible: dict, plan: bool = False,
+                    lead: str = "") -> list[int]:
+    """The note prompt as token ids: the chat template, or a plain notebook line;
+    ``lead`` starts the note's own text."""
     msgs = note_messages(passage, bible, plan)
     if getattr(tok, "chat_template", None):
         ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-    return list(tok(f"{msgs[-1]['content']}\nNote:", add_special_tokens=False)["input_ids"])
+        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        return ids + (list(tok(lead, add_special_tokens=False)["input_ids"]) if lead else [])
+    return list(tok(f"{msgs[-1]['content']}\nNote:" + (f" {lead}" if lead else ""),
+                    add_special_tokens=False)["input_ids"])
 
 
-def tidy_note(text: str, cut_short: bool = False) -> str:
-    """A generated note as kept: no markers, and ending on a whole sentence when the
-    token limit cut it short."""
-    note = strip(text).strip()
+def tidy_note(text: str, cut_short: bool = False, lead: str = "") -> str:
+    """A generated note as kept: ``lead`` put back in front, no markers, no label, its
+    first paragraph only, ending on a whole sentence when the token limit cut it."""
+    note = (lead + strip(text)).strip() if lead else strip(text).strip()
+    note = re.sub(r"^\W*(?:note|notebook|notes)\s*:\s*", "", note, flags=re.I)
+    note = note.split("\n", 1)[0].strip().strip('"“”')
     if len(note) > 20 and cut_short:
-        cut = max(note.rfind(". "), note.rfind(".\n"))
+        cut = max(note.rfind(". "), note.rfind(".\n"), note.rfind(".") if note.endswith(".") else -1)
         note = note[:cut + 1] if cut > 20 else note
     return note

@@ -27,7 +27,7 @@ def test_help_runs_without_torch():
     for command in ("new", "list", "write", "bench", "score", "train"):
         assert command in p.stdout
     for command, names in (("bench", ("speed", "recall", "perplexity", "sentiment",
-                                      "continuity", "matrix")),
+                                      "continuity", "matrix", "prose")),
                            ("train", ("thoughts", "memory", "knn"))):
         p = cli_without_torch(command, "--help")
         assert p.returncode == 0, p.stderr

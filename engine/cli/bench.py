@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .common import _model_arg
 
-BENCHES = ("speed", "recall", "perplexity", "sentiment", "continuity", "matrix")
+BENCHES = ("speed", "recall", "perplexity", "sentiment", "continuity", "matrix", "prose")
 TRAINERS = ("thoughts", "memory", "knn")
 
 

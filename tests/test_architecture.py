@@ -186,3 +186,27 @@ def test_nothing_at_run_time_imports_train():
                  if not (m == "engine.train" or m.startswith(tuple(a + "." for a in allowed)))
                  for d in deps if d == "engine.train" or d.startswith("engine.train."))
     assert not bad, "\n".join(bad)
+
+
+# -- sizes: small modules, a small facade ------------------------------------------------------
+MAX_FILE_LINES = 500
+MAX_NOVEL_LINES = 200
+
+
+def test_no_source_file_over_500_lines():
+    big = sorted(f"{p.relative_to(ROOT)}: {n} lines"
+                 for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")
+                 if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_FILE_LINES)
+    assert not big, "split these by concern:\n" + "\n".join(big)
+
+
+def test_the_novel_facade_stays_small():
+    """Novel only wires its rooms; what it does lives in them (chapters, memories,
+    thoughts, knn, matrix, settings, the pipeline)."""
+    tree = ast.parse((ROOT / "engine" / "novel.py").read_text(encoding="utf-8"))
+    novel = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Novel")
+    lines = novel.end_lineno - novel.lineno + 1
+    assert lines < MAX_NOVEL_LINES, f"Novel is {lines} lines"
+    from engine.novel import Novel
+    public = [m for m in vars(Novel) if not m.startswith("_")]
+    assert len(public) <= 16, public  # was 62 public methods, grouped by name prefix

@@ -32,6 +32,7 @@ SYSTEM = ("You are a novelist writing a book. In your turn you continue the stor
           "exactly where it stops, in its own style: prose only, no headings, lists, "
           "notes or comments.")
 ASK = "Continue the story."
+PLAN_ASK = "{ask} What happens next: {plan}."
 _PLAN = re.compile(r"\s*(?:next|then|plan)\s*:\s*", re.I)  # a writer's steering note
 
 
@@ -41,7 +42,7 @@ def ask_text(plans: list[str]) -> str:
     plans = [p for p in plans if p]
     if not plans:
         return ASK
-    return f"{ASK} What happens next: {'; '.join(plans)}."
+    return PLAN_ASK.format(ask=ASK, plan="; ".join(plans))
 _TRAILING_THOUGHTS = re.compile(rf"(?:\s*{BEGIN}[^{BEGIN}{END}]*{END})+\s*\Z")
 
 
@@ -64,6 +65,7 @@ class Receipt:
     dropped: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     inside: list[str] = field(default_factory=list)  # memories read inside attention
+    opening: str = ""  # the prompt's last text, which the passage begins with (writer.stream)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -172,14 +174,17 @@ def chat_frame(tokenizer, system: str = SYSTEM) -> tuple[str, str] | None:
 
 def build(tokenizer, budget: int, bible: dict, tail: str, chapter_heading: str = "",
           pins: list[tuple[str, str]] = (), recalled: list[tuple[str, str, str]] = (),
-          thoughts: list[tuple[str, str]] = (), frame: str | None = None
-          ) -> tuple[list[int], Receipt]:
+          thoughts: list[tuple[str, str]] = (), frame: str | None = None,
+          open_with_plan: bool = False) -> tuple[list[int], Receipt]:
     """Assemble the prompt ids and the receipt.
 
     pins: (label, text); recalled: (label, text, why) or dicts with label, text, why,
     score, kind ('recalled' | 'associated'), key, tier, via, in priority order;
     thoughts: (label, text); frame: 'raw' | 'chat' (None: ``DEFAULT_FRAME``). Each
-    receipt block records its offset in the prompt ids.
+    receipt block records its offset in the prompt ids. ``open_with_plan``: with the
+    chat frame and a writer's "Next: <person> ..." note after text that ends a
+    sentence, the passage opens a new paragraph with that person's name (in the
+    prompt, and in ``Receipt.opening`` for ``writer.stream(opening=...)`` to show).
     """
     frame = frame or DEFAULT_FRAME
     if frame not in FRAMES:
@@ -269,11 +274,24 @@ def build(tokenizer, budget: int, bible: dict, tail: str, chapter_heading: str =
                    "the text being continued", "", head_ids + kept_tail)
     tail_b.text = tokenizer.decode(tail_b.ids) if tail_b.ids else ""
 
+    opening_b = None
+    if open_with_plan and plans and tail_b.ids and re.search(r"[.!?…][\"”’']?\s*\Z", tail):
+        from .thoughts import note_names
+
+        names = note_names(_PLAN.sub("", plans[-1]))
+        if names:
+            receipt.opening = ("" if tail.endswith("\n\n") else
+                               "\n" if tail.endswith("\n") else "\n\n") + names[0]
+            opening_b = Block("opening", "the passage's first word, from the writer's note",
+                              "the writer's plan", receipt.opening)
+            opening_b.ids = encode(tokenizer, receipt.opening)
+
     # Stable-first order for prefix reuse.
     chosen = frames[:1] + ([bible_b] if bible_b else []) + pins_b
     chosen += [b for b in extras if b.kind in ("recalled", "associated")]
     chosen += [b for b in extras if b.kind == "thought" and "plan" not in b.meta]
     chosen += [b for b in extras if "plan" in b.meta] + frames[1:] + [tail_b]
+    chosen += [opening_b] if opening_b is not None else []
     ids: list[int] = []
     for b in chosen:
         if not b.ids:

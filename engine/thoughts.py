@@ -307,7 +307,9 @@ _TITLES = {"Mr", "Mrs", "Miss", "Dr", "Sir", "Lady", "Lord", "Captain", "Constab
 _NAME = re.compile(r"\b[A-Z][a-z]+(?:-[A-Z][a-z]+)?\b")
 _REVIEW = re.compile(
     r"^\W*(?:this|the|in this|in the) (?:scene|sentence|passage|paragraph|story|excerpt|"
-    r"text|chapter|piece|narrative|novel)\b|\bthe (?:author|writer|reader|narrator)\b", re.I)
+    r"text|chapter|piece|narrative|novel)\b|\bthe (?:author|writer|reader|narrator|"
+    r"protagonist|main character)\b|\bsummar(?:y|i[sz]e)|\bin (?:just |only )?(?:\d+|one|"
+    r"two|three) sentences?\b|\b(?:themes?|symboli[sz]e)\b", re.I)
 
 
 def note_names(paragraph: str) -> list[str]:
@@ -352,14 +354,20 @@ def note_is_about(note: str, paragraph: str, lead: str = "") -> bool:
     return len(_stems(body) & (_stems(paragraph) - {n.lower()[:5] for n in names})) >= 2
 
 
+def is_review(note: str) -> bool:
+    """An assistant's or a reviewer's voice ("The author has skillfully woven...",
+    "This scene...", "Here's the rewritten version")."""
+    from .writer import ASSISTANT
+
+    return bool(ASSISTANT.search(note) or _REVIEW.search(note))
+
+
 def note_problem(note: str, paragraph: str, lead: str = "") -> str | None:
     """Why a note is not worth keeping (None: keep it): empty, an assistant's or a
     reviewer's voice, not about its paragraph, or the paragraph copied out."""
-    from .writer import ASSISTANT
-
     if len(note.strip()) < 12:
         return "empty"
-    if ASSISTANT.search(note) or _REVIEW.search(note):
+    if is_review(note):
         return "assistant"
     if not note_is_about(note, paragraph, lead):
         return "not about its paragraph"
@@ -384,7 +392,7 @@ def write_note(lm, passage: str, bible: dict, plan: bool = False, seed: int = 0,
     to ``tries`` times, and after that the passage goes without a note ("")."""
     from .writer import PrefixCache, Result, Sampling, stream
 
-    lead = note_lead(passage, plan)
+    lead = note_lead(passage, plan) or note_lead(bible.get("premise") or "", plan)
     ids = note_prompt_ids(lm.tokenizer, passage, bible, plan, lead=lead)
     prefix = PrefixCache()  # each try re-reads only the tokens after the prompt
     for k in range(max(1, tries)):

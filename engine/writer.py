@@ -57,7 +57,7 @@ HEADING = re.compile(
     r"(?:(?:chapter|part|book|volume|act|scene)\s*(?:" + _NUMBER + r"|[:.\-–—])"
     r"|(?:epilogue|prologue|interlude|afterword|foreword)\b)", re.I)
 LINE_START = re.compile(  # refused as soon as it shows, at the start of a line
-    r"(?:#{1,6}\s|\*\*|={3,}|-{3,}|<\||(?:\d{1,2}[.)]|[-•*])\s+[\w\"“'(\[])")
+    r"(?:#{1,6}\s|\*\*|={3,}|-{3,}|<\||\[|(?:\d{1,2}[.)]|[-•*])\s+[\w\"“'(\[])")
 FIELD = re.compile(  # refused at the start of a line or a sentence
     r"\[?\s*(?:title|premise|style|genre|tone|theme|summary|synopsis|characters?|plot|"
     r"outline|notes?|next|remember|earlier|author|setting|q|a|question|answer|user|"
@@ -81,7 +81,7 @@ def refusal(segment: str, line_start: bool, final: bool = False) -> str | None:
     if FIELD.match(seg):
         return "prompt field"
     if line_start:
-        if LINE_START.match(seg) or (seg[:1] == "[" and SPEAKER.match(seg[1:])):
+        if LINE_START.match(seg):
             return "heading or list"
         if SPEAKER.match(seg) and not seg.startswith(("\"", "“", "'", "‘")):
             return "speaker label"
@@ -109,14 +109,17 @@ def _settled(segment: str, line_start: bool) -> bool:
 
 @dataclass
 class Sampling:
-    temperature: float = 0.8
+    # Defaults measured with bench prose (docs/measurements.md, "Prose"): min-p keeps
+    # the tail of unlikely tokens (word salad) out; a lighter penalty over a shorter
+    # window stops loops without pushing common words off the page.
+    temperature: float = 0.7
     top_p: float = 0.95
     max_new_tokens: int = 200
     seed: int | None = None          # None: a fresh random seed, recorded in the log
-    repetition_penalty: float = 1.15  # small models loop without it
-    penalty_window: int = 256
-    min_p: float = 0.05               # drop tokens below this share of the likeliest one
-    refuse: bool = True               # refuse headings, prompt fields, assistant replies
+    repetition_penalty: float = 1.1  # small models loop without it
+    penalty_window: int = 128
+    min_p: float = 0.1               # drop tokens below this share of the likeliest one
+    refuse: bool = True              # refuse headings, prompt fields, assistant replies
 
     def resolved(self) -> "Sampling":
         """A copy with a concrete seed and values clamped to sane ranges (the UI's
@@ -280,8 +283,11 @@ class _Held:
 
 def stream(lm, prompt_ids: list[int], sampling: Sampling, cancel: threading.Event | None = None,
            prefix: PrefixCache | None = None, prefix_key=None, forward_context=None,
-           result: Result | None = None):
+           result: Result | None = None, opening: str = ""):
     """Yield text deltas as the model writes; fill ``result`` with what happened.
+
+    ``opening``: text at the very end of the prompt that belongs to the passage (the
+    context's ``Receipt.opening``): it is the first delta and starts ``result.text``.
 
     ``forward_context`` is a zero-argument callable returning a context manager that
     wraps every forward pass (the memory attention hooks in there). With
@@ -336,6 +342,9 @@ def stream(lm, prompt_ids: list[int], sampling: Sampling, cancel: threading.Even
                                    use_cache=True).logits[0, -1]
             result.prefill_s = time.perf_counter() - t0
             t1 = time.perf_counter()
+            if opening:
+                result.text = opening
+                yield opening
             steps = 0
             while len(out_ids) < s.max_new_tokens:
                 steps += 1
@@ -356,6 +365,7 @@ def stream(lm, prompt_ids: list[int], sampling: Sampling, cancel: threading.Even
                     result.stop_reason = "eos"
                     break
                 out_ids.append(nxt)
+                result.new_tokens = len(out_ids)
                 text = decoded()
                 ends.append(len(text))
                 refused = None
@@ -384,6 +394,7 @@ def stream(lm, prompt_ids: list[int], sampling: Sampling, cancel: threading.Even
                     _crop(cache, len(prompt_ids) + j)
                     logits = saved[j]
                     del out_ids[j:], ends[j:]
+                    result.new_tokens = len(out_ids)
                     text, held, scan = decoded(), None, refused.char
                     if tries[j] >= MAX_TRIES:
                         result.stop_reason = "refused"
@@ -393,7 +404,7 @@ def stream(lm, prompt_ids: list[int], sampling: Sampling, cancel: threading.Even
                     0 if held is not None else len(text))
                 if upto > len(shown):
                     delta, shown = text[len(shown):upto], text[:upto]
-                    result.text = shown
+                    result.text = opening + shown
                     yield delta
                 first_held = held.token if held is not None else len(out_ids)
                 for p in [p for p in saved if p < first_held]:
@@ -416,7 +427,7 @@ def stream(lm, prompt_ids: list[int], sampling: Sampling, cancel: threading.Even
                         result.stop_reason = "refused"
             if len(text) > len(shown):
                 delta, shown = text[len(shown):], text
-                result.text = shown
+                result.text = opening + shown
                 yield delta
             result.decode_s = time.perf_counter() - t1
             if prefix is not None:
@@ -425,4 +436,4 @@ def stream(lm, prompt_ids: list[int], sampling: Sampling, cancel: threading.Even
     finally:
         result.new_tokens = len(out_ids)
         result.token_ids = out_ids
-        result.text = tok.decode(out_ids, skip_special_tokens=True).replace("\ufffd", "")
+        result.text = opening + tok.decode(out_ids, skip_special_tokens=True).replace("\ufffd", "")

@@ -159,6 +159,12 @@ def test_bench_measures_on_crafted_text():
     rep, dist = prose.repetition("the cat sat on the mat the cat sat on the mat")
     assert rep > 0.3 and dist < 1
     assert prose.follows("Tomas rowed out.", ["Tomas"], ["row"])
+    op = {"text": "She was tired too.", "person": [], "action": [], "title": "T",
+          "premise": "", "style": "", "pin": "", "recalled": "", "next": ""}
+    assert prose.measure({"text": "Then she left."}, op)["glued"]
+    assert not prose.measure({"text": " Then she left. He stayed."}, op)["glued"]
+    assert prose.measure({"text": " She left.He stayed."}, op)["glued"]
+    assert prose.is_meta("She ran.\n[Sounds like an old man talking.]")
     assert not prose.follows("Tomas slept.", ["Tomas"], ["row"])
 
 

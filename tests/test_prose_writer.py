@@ -76,6 +76,7 @@ STORY = "She had waited all winter, and she was tired too.\n\n"
     "3 thoughts have been given as to why I edited this piece, here are some options.",
     "Boy: \"You're telling me about the island.\"",   # a play script's speaker label
     "[Later: The island is called the Island of the Sea.]",
+    "[Sounds like an old man talking to someone else.]",
     "1789-04-25 16:34:53\nDear Miss Bale!",          # a line of numbers
     "]\nShe smiled.",                                 # a stray bracket
 ])

@@ -12,7 +12,9 @@ the end of the text as the thought book puts it) go through ``context.build``, a
 - fluency: mean log-probability per token of the passage read alone as plain prose;
 - notes: share of margin notes (on the passage's first paragraph) naming a character
   or event of it, and share with an assistant phrase;
-- steering: share of passages naming the note's person and its action.
+- steering: share of passages naming the note's person and its action;
+- glued: passages with a word glued to a sentence's end ("too.Then"), at the seam
+  with the text before or inside.
 
 Openings are split: settings are chosen on the ``tuning`` split, figures are
 reported on the ``report`` split, and the output says which split it ran.
@@ -34,8 +36,9 @@ import time
 # the note prompt of the time (reproduced in _legacy_note).
 TODAY = {"frame": "raw", "refuse": False, "min_p": 0.0, "temperature": 0.8, "top_p": 0.95,
          "repetition_penalty": 1.15, "penalty_window": 256, "note": "legacy"}
-NOTE_KEYS = ("note", "note_tries")
-CONTEXT_KEYS = ("frame",)
+NOTE_KEYS = ("note", "tries")
+CONTEXT_KEYS = ("frame", "open_with_plan")
+GLOBAL_KEYS = {"plan_ask": ("context", "PLAN_ASK")}  # module constants a setting may try
 
 
 def add_arguments(p) -> None:
@@ -66,7 +69,7 @@ _WORD = re.compile(r"[A-Za-z0-9']+")
 _LINE_META = re.compile(
     r"^\s*(?:#{1,6}\s|\*\*[^*]+\*\*\s*$|(?:chapter|part|book|epilogue|prologue|act|scene)"
     r"\b\s*(?:[0-9ivxlc]+\b|one|two|three|four|five|six|seven|eight|nine|ten|:|$)"
-    r"|(?:\d+[.)]|[-*•])\s+\S|(?:q|a|question|answer|user|assistant)\s*:)", re.I)
+    r"|(?:\d+[.)]|[-*•])\s+\S|(?:q|a|question|answer|user|assistant)\s*:|\[)", re.I)
 _FIELD = re.compile(r"^\s*\[?\s*(?:title|premise|style|remember|earlier|note|next)\s*:", re.I)
 
 
@@ -166,6 +169,8 @@ def _split_setting(setting: dict):
     fields = {f.name for f in dataclasses.fields(Sampling)}
     ctx, samp, note = {}, {}, {}
     for k, v in setting.items():
+        if k in GLOBAL_KEYS:
+            continue
         if k in NOTE_KEYS:
             note[k] = v
         elif k in CONTEXT_KEYS:
@@ -233,11 +238,12 @@ def _note(lm, piece: str, bible: dict, seed: int, note_kw: dict) -> str:
     return thoughts.write_note(lm, piece, bible, seed=seed, **extra)
 
 
-def _about(note: str, paragraph: str) -> bool:
+def _about(note: str, paragraph: str, premise: str = "") -> bool:
     from .. import thoughts
 
-    if hasattr(thoughts, "note_is_about"):  # a name the note was made to start with
-        lead = thoughts.note_lead(paragraph)  # does not count: its events must match
+    if hasattr(thoughts, "note_is_about"):
+        # a name the note was made to start with does not count: its events must match
+        lead = thoughts.note_lead(paragraph) or thoughts.note_lead(premise)
         return thoughts.note_is_about(note, paragraph, lead if note.startswith(lead) else "")
     return _names_or_events(note, paragraph)
 
@@ -256,7 +262,12 @@ def run_setting(lm, spec: str, setting: dict, ops: list[dict], seeds: list[int],
                 log=print) -> dict:
     from .. import context, thoughts, writer
 
+    import importlib
+
     ctx_kw, samp_kw, note_kw = _split_setting(setting)
+    for k, (module, name) in GLOBAL_KEYS.items():
+        if k in setting:  # e.g. plan_ask={ask} In the next paragraph, {plan}.
+            setattr(importlib.import_module(f"engine.{module}"), name, setting[k])
     rows, t0 = [], time.perf_counter()
     for op in ops:
         bible = {"title": op["title"], "premise": op["premise"], "style": op["style"]}
@@ -272,7 +283,8 @@ def run_setting(lm, spec: str, setting: dict, ops: list[dict], seeds: list[int],
         for seed in seeds:
             res = writer.Result()
             s = writer.Sampling(max_new_tokens=args.new_tokens, seed=seed, **samp_kw)
-            for _ in writer.stream(lm, ids, s, result=res):
+            opening = {"opening": receipt.opening} if getattr(receipt, "opening", "") else {}
+            for _ in writer.stream(lm, ids, s, result=res, **opening):
                 pass
             prose = thoughts.strip(res.text)
             row = {"opening": op["name"], "seed": seed, "text": prose,
@@ -305,18 +317,29 @@ def note_piece(prose: str) -> str:
 
 def measure(row: dict, op: dict) -> dict:
     """The text measures of one passage (and its note), from its text alone."""
-    from ..writer import ASSISTANT
-
     prose = row["text"]
     rep, dist = repetition(prose)
     row.update(leak=leaks(prose, _block_lines(op)), meta=is_meta(prose), rep4=rep,
                distinct2=dist, steer=follows(prose, op["person"], op["action"]))
+    row["glued"] = bool(_GLUED.search(op["text"][-12:] + prose))
     if "note" in row:
         note, piece = row["note"], row.get("piece") or note_piece(prose)
-        row.update(note_about=bool(note) and _about(note, piece),
-                   note_assistant=bool(note) and bool(ASSISTANT.search(note)),
+        row.update(note_about=bool(note) and _about(note, piece, op["premise"]),
+                   note_assistant=bool(note) and _assistant_note(note),
                    note_empty=not note)
     return row
+
+
+_GLUED = re.compile(r"[a-z]{2}[.!?;:,][\"”’]?[A-Za-z]")  # "too.Then", as the page shows it
+
+
+def _assistant_note(note: str) -> bool:
+    from .. import thoughts
+    from ..writer import ASSISTANT
+
+    if hasattr(thoughts, "is_review"):
+        return thoughts.is_review(note)
+    return bool(ASSISTANT.search(note))
 
 
 def rescore(paths: list[str]) -> dict:
@@ -351,7 +374,7 @@ def summarise(rows: list[dict], seconds: float = 0.0) -> dict:
             "notes_about_pct": _share(rows, "note_about"),
             "notes_assistant_pct": _share(rows, "note_assistant"),
             "notes_none_pct": _share(rows, "note_empty"),
-            "steer_pct": _share(rows, "steer"),
+            "steer_pct": _share(rows, "steer"), "glued_pct": _share(rows, "glued"),
             "mean_tokens": round(statistics.fmean(r["tokens"] for r in rows), 1) if rows else 0,
             "seconds": round(seconds, 1), "rows": rows}
 
@@ -359,7 +382,7 @@ def summarise(rows: list[dict], seconds: float = 0.0) -> dict:
 COLUMNS = [("leak %", "leak_pct"), ("meta %", "meta_pct"), ("rep4 %", "rep4_pct"),
            ("dist-2", "distinct2"), ("fluency", "fluency"), ("notes about %", "notes_about_pct"),
            ("notes asst %", "notes_assistant_pct"), ("no note %", "notes_none_pct"),
-           ("steer %", "steer_pct"),
+           ("steer %", "steer_pct"), ("glued %", "glued_pct"),
            ("tokens", "mean_tokens")]
 
 

@@ -278,7 +278,8 @@ def build(tokenizer, budget: int, bible: dict, tail: str, chapter_heading: str =
     if open_with_plan and plans and tail_b.ids and re.search(r"[.!?…][\"”’']?\s*\Z", tail):
         from .thoughts import note_names
 
-        names = note_names(_PLAN.sub("", plans[-1]))
+        plan = _PLAN.sub("", plans[-1])
+        names = sorted(note_names(plan), key=plan.find)  # its subject: the first named
         if names:
             receipt.opening = ("" if tail.endswith("\n\n") else
                                "\n" if tail.endswith("\n") else "\n\n") + names[0]

@@ -179,3 +179,20 @@ def test_the_openings_split_in_two(tmp_path):
         not n.startswith("pride") for n in names)
     with pytest.raises(SystemExit, match="missing"):
         openings(tmp_path / "none.txt")
+
+
+def test_open_with_plan_starts_the_passage_with_the_notes_person(chat_tok):
+    tail = "She slept too." + thoughts.inline("Next: Tomas rows out to the lighthouse.")
+    ids, r = context.build(chat_tok, 4096, BIBLE, tail, frame="chat", open_with_plan=True)
+    assert r.opening == "\n\nTomas" and chat_tok.decode(ids).endswith("She slept too.\n\nTomas")
+    assert r.blocks[-1]["kind"] == "opening"
+    tail2 = "She slept." + thoughts.inline("Next: Selka pays Amos with a silver ring.")
+    assert context.build(chat_tok, 4096, BIBLE, tail2, frame="chat",
+                         open_with_plan=True)[1].opening == "\n\nSelka"  # the subject
+    # not by default, not mid-sentence, not without a plan
+    assert context.build(chat_tok, 4096, BIBLE, tail, frame="chat")[1].opening == ""
+    mid = "She slept" + thoughts.inline("Next: Tomas rows out.")
+    assert context.build(chat_tok, 4096, BIBLE, mid, frame="chat",
+                         open_with_plan=True)[1].opening == ""
+    assert context.build(chat_tok, 4096, BIBLE, "She slept.", frame="chat",
+                         open_with_plan=True)[1].opening == ""

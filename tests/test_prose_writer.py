@@ -155,3 +155,16 @@ def test_refusal_rules():
     assert writer.refusal("Premise: x", False) == "prompt field"
     assert writer.refusal("1. x", True) and writer.refusal("1. x", False) is None
     assert writer.refusal("I hope this helps!", False) == "assistant"
+
+
+def test_an_opening_from_the_prompt_is_the_passage_start():
+    tok = byte_tokenizer()
+    prompt = "She slept too.\n\nTomas"
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    lm = SimpleNamespace(model=Scripted(tok, len(ids), [" rowed out to the lamp."]),
+                         tokenizer=tok, eos_ids={tok.eos_token_id})
+    result = writer.Result()
+    deltas = list(writer.stream(lm, ids, writer.Sampling(temperature=0.0, seed=0),
+                                result=result, opening="\n\nTomas"))
+    assert deltas[0] == "\n\nTomas" and result.text == "\n\nTomas rowed out to the lamp."
+    assert "".join(deltas) == result.text

@@ -1,105 +1,104 @@
-"""The margin-notes panel: the model's thoughts beside the chapter, editable.
-Layout and wiring only; every action is a Novel call."""
+"""The margin notes: the model's thoughts (and the writer's own) beside the paragraphs
+they belong to, read and edited in place on the page (assets/page.js draws them; see
+app/page.py), and how the model writes them. Layout and wiring only; every action is a
+Novel call."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import gradio as gr
 
+from app import page
 from app.actions import action
 from app.messages import ok
-from engine.errors import UserError
+from app.views import seen
+from app.writing_panel import flush
 
 EVERY = [("each passage", "passage"), ("each paragraph", "paragraph"),
          ("every 100 tokens", "100"), ("every 250 tokens", "250")]
+PAGE_JS = Path(__file__).resolve().parent.parent / "assets" / "page.js"
+EMPTY_MARGIN = '<div class="mg-root"></div>'  # page.js draws the notes in it
 
 
-def layout() -> dict:
+def margin_layout() -> dict:
+    """The margin beside the chapter: its notes, and the hidden channel to the page."""
     t = {}
-    with gr.Accordion("Margin notes (the model's thoughts)", open=True, elem_id="thoughts"):
-        with gr.Row():
-            t["show"] = gr.Checkbox(label="Show margin notes", value=True,
-                                    elem_id="thoughts-show")
-            t["on"] = gr.Checkbox(label="The model writes notes", value=True,
-                                  elem_id="thoughts-on")
-            t["plan"] = gr.Checkbox(label="Plan first", value=False, elem_id="thoughts-plan")
-        with gr.Row():
-            t["every"] = gr.Dropdown(label="A note after", value="paragraph", choices=EVERY,
-                                     elem_id="thoughts-every")
-            t["mode"] = gr.Dropdown(label="Notes written by", value="prompt",
-                                    choices=[("a summarising prompt", "prompt"),
-                                             ("the model itself (tuned by 'train thoughts')",
-                                              "self")], elem_id="thoughts-mode")
-        t["notes"] = gr.Markdown("", elem_id="thoughts-list")
-        t["pick"] = gr.Dropdown(label="Note", choices=[], elem_id="thought-pick")
-        t["text"] = gr.Textbox(label="Edit the note (or write your own to steer the story)",
-                               lines=2, elem_id="thought-text")
-        with gr.Row():
-            t["save"] = gr.Button("Save note", size="sm", elem_id="thought-save")
-            t["add"] = gr.Button("Add as a new note at the end", size="sm",
-                                 elem_id="thought-add")
-            t["delete"] = gr.Button("Delete note", size="sm", variant="stop",
-                                    elem_id="thought-delete")
-        t["status"] = gr.Markdown("", elem_id="thought-status")
+    t["show"] = gr.Checkbox(label="Show margin notes", value=True, elem_id="thoughts-show",
+                            container=False, interactive=True)
+    t["margin"] = gr.HTML(EMPTY_MARGIN, elem_id="thoughts-list", elem_classes=["margin"],
+                          js_on_load=PAGE_JS.read_text(encoding="utf-8"))
+    t["data"] = gr.Textbox(page.page_data(None, None), visible="hidden", elem_id="page-data")
+    t["cmd"] = gr.Textbox("", visible="hidden", elem_id="note-cmd")
+    t["apply"] = gr.Button("Apply note", visible="hidden", elem_id="note-apply")
     return t
 
 
-def _render(novel, cid, show: bool) -> str:
-    if not show:
-        return "*Margin notes are hidden.*"
-    rows = novel.thoughts.list(cid)
-    if not rows:
-        return "*No notes yet: they appear after each Continue.*"
-    text = novel.chapters.text(cid)
-    out = []
-    for r in rows:
-        before = text[max(0, r["anchor"] - 60):r["anchor"]].replace("\n", " ").strip()
-        out.append(f"**#{r['id']}** · after “…{before}”\n\n> 💭 {r['text']}")
-    return "\n\n".join(out)
+def settings_layout(t: dict) -> dict:
+    """How the model writes its notes (kept with the novel)."""
+    with gr.Accordion("Margin notes: how the model writes them", open=False,
+                      elem_id="thoughts"):
+        with gr.Row():
+            t["on"] = gr.Checkbox(label="The model writes notes", value=True,
+                                  elem_id="thoughts-on")
+            t["plan"] = gr.Checkbox(label="Plan first", value=False, elem_id="thoughts-plan")
+        t["every"] = gr.Dropdown(label="A note after", value="paragraph", choices=EVERY,
+                                 elem_id="thoughts-every")
+        t["mode"] = gr.Dropdown(label="Notes written by", value="prompt",
+                                choices=[("a summarising prompt", "prompt"),
+                                         ("the model itself (tuned by 'train thoughts')",
+                                          "self")], elem_id="thoughts-mode")
+    return t
 
 
-def wire(lib, t, novel_dd, chapter_radio, after: list) -> None:
-    """``after``: events (Continue, Retry, chapter switch) that refresh the notes."""
+def wire(lib, t, novel_dd, chapter_radio, editor, head, status, after: list,
+         data_after: list = ()) -> None:
+    """``after``: events (Continue, Retry, chapter switch, undo) that refresh the notes
+    and their settings; ``data_after``: events (the autosave) that refresh the notes."""
 
-    def refresh(name, cid, show, pick=None, msg=""):
+    def refresh(name, cid):
         if not name or cid is None:
-            return ("", gr.Dropdown(choices=[], value=None), "", msg, *[gr.update()] * 4)
+            return page.page_data(None, None), *[gr.update()] * 4
         novel = lib.open(name)
-        rows = novel.thoughts.list(cid)
-        choices = [(f"#{r['id']}: {r['text'][:50]}", r["id"]) for r in rows]
-        pick = pick if pick in [c[1] for c in choices] else None
-        text = novel.thoughts.get(pick)["text"] if pick is not None else ""
         s = novel.thoughts.settings()
-        return (_render(novel, cid, show), gr.Dropdown(choices=choices, value=pick), text, msg,
-                s["on"], s["plan_first"], s["mode"], _every_choice(s["every"]))
+        return (page.page_data(novel, cid), s["on"], s["plan_first"], s["mode"],
+                _every_choice(s["every"]))
 
-    outs = [t["notes"], t["pick"], t["text"], t["status"], t["on"], t["plan"], t["mode"],
-            t["every"]]
-    ins = [novel_dd, chapter_radio, t["show"]]
-    shown = action(len(outs), 3)(refresh)
+    def refresh_data(name, cid):
+        return page.page_data(lib.open(name), cid) if name and cid is not None else \
+            page.page_data(None, None)
+
+    outs = [t["data"], t["on"], t["plan"], t["mode"], t["every"]]
+    ins = [novel_dd, chapter_radio]
+    shown = action(len(outs), 0, others={0: gr.update()})(refresh)
     for ev in after:
         ev.then(shown, ins, outs, show_progress="hidden")
-    t["show"].change(shown, ins, outs, show_progress="hidden")
-    t["pick"].input(shown, ins + [t["pick"]], outs)
+    data_shown = action(1, 0, others={0: gr.update()})(refresh_data)
+    for ev in data_after:
+        ev.then(data_shown, ins, t["data"], show_progress="hidden")
 
-    def act(fn, message):
-        pick_chapter = "Open a novel and pick a chapter first."
+    pick_chapter = "Open a novel and pick a chapter first."
 
-        @action(len(outs), 3, lib=lib, needs=pick_chapter, chapter=pick_chapter)
-        def handler(novel, cid, show, pick, text):
-            pick = fn(novel, cid, pick, text)
-            return refresh(novel.folder.name, cid, show, pick, ok(message))
-        return handler
+    def on_note(novel, cid, raw, text, base):
+        """A note edited, deleted or added in the margin. The chapter is saved first: a
+        new note's place is counted in the text the writer sees."""
+        cmd = page.command(raw)
+        flush(novel, cid, text, base)
+        message = page.apply(novel, cid, cmd)
+        return page.page_data(novel, cid), ok(message), seen(novel, cid)
 
-    def need(pick):
-        if pick is None:
-            raise UserError("Pick a note first.")
-        return pick
+    def resend(msg, name, cid, *rest):
+        """An error: say so, and draw the margin as it stands on disk."""
+        try:
+            data = page.page_data(lib.open(name), cid) if name and cid is not None else \
+                gr.update()
+        except Exception:  # noqa: BLE001 - the message is what matters here
+            data = gr.update()
+        return data, msg, gr.update()
 
-    full = ins + [t["pick"], t["text"]]
-    t["save"].click(act(lambda n, cid, p, x: n.thoughts.edit(need(p), x) or p, "Note saved."),
-                    full, outs)
-    t["add"].click(act(lambda n, cid, p, x: n.thoughts.add(cid, x), "Note added."), full, outs)
-    t["delete"].click(act(lambda n, cid, p, x: n.thoughts.delete(need(p)), "Note deleted."),
-                      full, outs)
+    t["apply"].click(action(3, 1, lib=lib, needs=pick_chapter, chapter=pick_chapter,
+                            on_error=resend)(on_note),
+                     [novel_dd, chapter_radio, t["cmd"], editor, head],
+                     [t["data"], status, head], show_progress="hidden")
 
     def as_it_was(msg, name, *rest):
         """An error (e.g. self mode with no tuned adapter): say so, show what is set."""
@@ -114,7 +113,7 @@ def wire(lib, t, novel_dd, chapter_radio, after: list) -> None:
 
     boxes = [t["on"], t["plan"], t["mode"], t["every"]]
     for box in boxes:
-        box.input(settings, [novel_dd, *boxes], [t["status"], t["mode"], t["every"]])
+        box.input(settings, [novel_dd, *boxes], [status, t["mode"], t["every"]])
 
 
 def _every_choice(every) -> gr.Dropdown:

@@ -38,8 +38,8 @@ def _layout(lib: Library) -> dict:
     with gr.Row(elem_id="topbar"):
         gr.Markdown("## Mnemosyne", elem_id="brand")
         c["model_status"] = gr.Markdown(lib.model.status(), elem_id="model-status")
-    with gr.Row():
-        with gr.Column(scale=1, min_width=260):
+    with gr.Row(elem_id="desk"):
+        with gr.Column(scale=1, min_width=260, elem_id="left-col"):
             c["novel_dd"] = gr.Dropdown(label="Novel", choices=_novel_choices(lib), value=None,
                                         elem_id="novel-select", interactive=True)
             with gr.Accordion("New novel", open=False, elem_id="new-novel") as c["new_novel_box"]:
@@ -52,10 +52,17 @@ def _layout(lib: Library) -> dict:
                 c["create_btn"] = gr.Button("Create novel", variant="primary",
                                             elem_id="create-novel")
             c.update(chapters_panel.layout())
-        with gr.Column(scale=3, min_width=420):
+        with gr.Column(scale=3, min_width=420, elem_id="page-col"):
+            # The manuscript page: the chapter, its margin notes beside it (page.js).
+            with gr.Row(elem_id="page", equal_height=False):
+                with gr.Column(scale=3, min_width=280, elem_id="page-text"):
+                    c.update(writing_panel.editor_layout())
+                with gr.Column(scale=1, min_width=180, elem_id="margin-col"):
+                    c["notes"] = thoughts_panel.margin_layout()
             c.update(writing_panel.layout())
-            c["notes"] = thoughts_panel.layout()
-        with gr.Column(scale=1, min_width=260):
+            thoughts_panel.settings_layout(c["notes"])
+        # Beside the page from 1280 px wide; a drawer below that (style.css, page.js).
+        with gr.Column(scale=1, min_width=260, elem_id="side-panels"):
             c.update(writing_panel.sampling_layout())
             with gr.Accordion("Story bible", open=False):
                 c["bible_title"] = gr.Textbox(label="Title", elem_id="bible-title")
@@ -154,8 +161,10 @@ def build(lib: Library) -> gr.Blocks:
                           c["receipt_md"], c["receipt_acc"], opened)
         knn_panel.wire(lib, c["knn"], novel_dd, opened)
         matrix_panel.wire(lib, c["matrix"], novel_dd, opened)
-        thoughts_panel.wire(lib, c["notes"], novel_dd, c["chapter_radio"],
-                            [*writing.values(), *chapters.values(), *opened])
+        saved = writing.pop("saved")
+        thoughts_panel.wire(lib, c["notes"], novel_dd, c["chapter_radio"], c["editor"],
+                            c["head"], c["status"],
+                            [*writing.values(), *chapters.values(), *opened], [saved])
     return demo
 
 

@@ -16,6 +16,7 @@ from engine.novel import StaleText
 from engine.writer import Sampling
 
 RANDOM_SEED = -1
+STEER = "The writer asks for the next passage: {}"
 SAMPLING_DEFAULTS = {"temperature": 0.8, "top_p": 0.95, "max_tokens": 120}
 # Every change to the editor (typing, paste, cut, drop, IME) is saved by the hidden
 # "autosave" button, at most ~0.8 s after the last change and at once when the editor
@@ -43,22 +44,34 @@ AUTOSAVE_JS = """
 """
 
 
-def layout() -> dict:
-    """The editor, its actions, the versions list and the page's status line."""
+def editor_layout() -> dict:
+    """The chapter's textarea: the page's editing surface (assets/page.js draws the
+    margin notes beside it and marks the model's last passage behind it)."""
     c = {}
-    c["editor"] = gr.Textbox(label="Chapter", lines=24, max_lines=60, elem_id="editor",
+    # lines == max_lines: Gradio never re-measures the box's height on a keystroke (on a
+    # long chapter that alone cost more than a frame); editor.js follows new text.
+    c["editor"] = gr.Textbox(label="Chapter", lines=24, max_lines=24, elem_id="editor",
                              placeholder="Open or create a novel, then type an opening "
-                                         "and press Continue.", autoscroll=True)
+                                         "and press Continue.", autoscroll=False)
     c["autosave_btn"] = gr.Button("Save", visible="hidden", elem_id="autosave")
+    return c
+
+
+def layout() -> dict:
+    """The action bar (it stays in reach: sticky), the versions list and the status."""
+    c = {}
     with gr.Row(elem_id="actions"):
         c["continue_btn"] = gr.Button("Continue ▸", variant="primary", elem_id="continue")
         c["stop_btn"] = gr.Button("Stop ■", variant="stop", elem_id="stop")
         c["retry_btn"] = gr.Button("Retry ↻", elem_id="retry")
         c["undo_btn"] = gr.Button("Undo", elem_id="undo")
         c["redo_btn"] = gr.Button("Redo", elem_id="redo")
+        c["instruction"] = gr.Textbox(placeholder="An instruction for this Continue only",
+                                      show_label=False, container=False, lines=1,
+                                      max_lines=1, elem_id="instruction", scale=3)
+    c["status"] = gr.Markdown("", elem_id="status")
     c["versions_dd"] = gr.Dropdown(label="Other versions of the last passage", choices=[],
                                    visible=False, elem_id="versions")
-    c["status"] = gr.Markdown("", elem_id="status")
     return c
 
 
@@ -106,6 +119,26 @@ def flush(novel, cid, text, base) -> None:
         save(novel, cid, text, base)
 
 
+def steer(novel, cid, instruction) -> int | None:
+    """The writer's instruction for this Continue only, as a note at the end of the
+    chapter: the prompt carries the notes after the last words (in the chat frame, in the
+    writer's turn). Its id, for unsteer(); None without an instruction."""
+    instruction = " ".join((instruction or "").split())
+    return novel.thoughts.add(cid, STEER.format(instruction)) if instruction else None
+
+
+def unsteer(novel, note, job=None) -> None:
+    """Take the instruction's note away once its Continue is over."""
+    if note is None:
+        return
+    if job is not None:
+        job.done.wait(60)
+    try:
+        novel.thoughts.delete(note)
+    except Exception as e:  # noqa: BLE001 - the note stays, visible and deletable
+        writer_message(e, "removing the instruction note")
+
+
 def wire(lib, c: dict, loaded) -> dict:
     """Events of the editor and its actions; ``loaded``: the page load (a page opened
     mid-passage follows it). Returns the events after which the margin notes follow."""
@@ -135,7 +168,7 @@ def wire(lib, c: dict, loaded) -> dict:
                     chapter_list(novel, cid), versions_view(novel, cid))
         return ok("Saved."), seen(novel, cid), gr.update(), chapter_list(novel, cid), gr.update()
 
-    c["autosave_btn"].click(on_save, [novel_dd, chapter_radio, editor, c["head"]],
+    saved = c["autosave_btn"].click(on_save, [novel_dd, chapter_radio, editor, c["head"]],
                             [status, c["head"], editor, chapter_radio, c["versions_dd"]],
                             trigger_mode="always_last", show_progress="hidden")
 
@@ -178,25 +211,36 @@ def wire(lib, c: dict, loaded) -> dict:
         pick = "Open a novel and pick a chapter first."
 
         @act(len(gen_outputs), 1, needs=pick, chapter=pick)
-        def start(novel, cid, text, base, t, p, n, s):
+        def start(novel, cid, text, base, t, p, n, s, instruction=""):
+            note = None
             try:
                 flush(novel, cid, text, base)
-                job = novel.start(cid, sampling(t, p, n, s), retry=retry)
+                chosen = sampling(t, p, n, s)
+                note = None if retry else steer(novel, cid, instruction)
+                job = novel.start(cid, chosen, retry=retry)
             except StaleText as e:
+                unsteer(novel, note)
                 yield (gr.Textbox(value=novel.chapters.text(cid)), err(e), gr.update(),
                        gr.update(), seen(novel, cid), versions_view(novel, cid))
                 return
-            yield from watch(novel, job, cid)
+            except Exception:
+                unsteer(novel, note)
+                raise
+            try:
+                yield from watch(novel, job, cid)
+            finally:
+                unsteer(novel, note, job)
         return start
 
     gen_inputs = [novel_dd, chapter_radio, editor, c["head"], c["temperature"], c["top_p"],
-                  c["max_tokens"], c["seed"]]
+                  c["max_tokens"], c["seed"], c["instruction"]]
     # trigger_mode "multiple": a second press while a passage streams must reach the
     # engine and be told "already writing", not be dropped by the page.
     continued = c["continue_btn"].click(starter(False), gen_inputs, gen_outputs,
                                         show_progress="hidden", trigger_mode="multiple")
     retried = c["retry_btn"].click(starter(True), gen_inputs, gen_outputs,
                                    show_progress="hidden", trigger_mode="multiple")
+    continued.then(lambda: "", None, c["instruction"], show_progress="hidden")
 
     @act(len(gen_outputs), 1, needs=None)
     def attach(novel, cid):
@@ -261,4 +305,4 @@ def wire(lib, c: dict, loaded) -> dict:
     switched = c["versions_dd"].input(on_version, [novel_dd, chapter_radio, c["versions_dd"]],
                                       history_outputs)
     return {"continued": continued, "retried": retried, "undone": undone, "redone": redone,
-            "switched": switched}
+            "switched": switched, "saved": saved}

@@ -133,6 +133,20 @@ class Chapters:
         self._store.redo(chapter_id)
         return self.text(chapter_id)
 
+    def last_passage(self, chapter_id: int) -> tuple[int, int] | None:
+        """(start, end) in the chapter's text of what the model wrote in the last
+        Continue, while that passage is still the head as the model left it (None once
+        the writer edited the chapter, undid the passage, or the head is theirs)."""
+        head = self._store.revision(self.head(chapter_id))
+        if head["author"] != "model" or head["parent_id"] is None:
+            return None
+        text = head["text"] or ""
+        parent = self._store.revision(head["parent_id"])["text"] or ""
+        start, limit = 0, min(len(parent), len(text))
+        while start < limit and parent[start] == text[start]:
+            start += 1
+        return (start, len(text)) if start < len(text) else None
+
     def can_undo_redo(self, chapter_id: int) -> tuple[bool, bool]:
         head = self.head(chapter_id)
         parent = self._store.revision(head)["parent_id"]

@@ -216,9 +216,15 @@ class Chapters:
             return None  # an undone draft is still kept
         return cid
 
-    def export(self, fmt: str) -> str:
+    def export(self, fmt: str) -> str | bytes:
         """The manuscript as 'md' or 'txt', or 'notes': Markdown with every margin note
-        set apart."""
+        set apart; as bytes for 'docx' and 'epub' (no note) and 'docx-notes' (each note
+        a Word comment on its paragraph)."""
+        if fmt in export.BINARY:
+            return export.render_binary(self._store.bible(), [
+                {"title": c["title"], "text": c["text"] or "",
+                 "notes": self._notes.list(c["id"]) if fmt == "docx-notes" else []}
+                for c in self._store.chapters()], fmt)
         notes = fmt == "notes"
         chapters = [{"title": c["title"],
                      "text": self._notes.margin_markdown(c["text"] or "", c["id"]) if notes

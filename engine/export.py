@@ -1,13 +1,27 @@
-"""Exports of the manuscript: Markdown and plain text, and writing them safely."""
+"""Exports of the manuscript: Markdown and plain text here, Word and EPUB in
+engine/formats; and writing them safely."""
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
 
+from . import formats
 from .store import ProjectError
 
 FORMATS = ("md", "txt")
+BINARY = formats.BINARY  # docx, docx-notes, epub: bytes
+ALL = ("md", "txt", "notes", *BINARY)
+
+
+def suffix(fmt: str) -> str:
+    """The file name ending for an export in ``fmt`` ('notes' is Markdown)."""
+    return BINARY[fmt][0] if fmt in BINARY else ".md" if fmt == "notes" else f".{fmt}"
+
+
+def render_binary(bible: dict, chapters: list[dict], fmt: str) -> bytes:
+    """The whole book as .docx or .epub bytes (see engine/formats)."""
+    return formats.render(bible, chapters, fmt)
 
 
 def render(bible: dict, chapters: list[dict], fmt: str) -> str:
@@ -42,13 +56,15 @@ def check_out_path(out, project) -> Path:
     return target
 
 
-def write_atomic(path, text: str) -> None:
-    """Write ``text`` to ``path`` all at once: a temporary file in the same folder, synced,
-    then renamed over the target (a crash leaves the old file or the new one)."""
+def write_atomic(path, text: str | bytes) -> None:
+    """Write ``text`` (or bytes) to ``path`` all at once: a temporary file in the same
+    folder, synced, then renamed over the target (a crash leaves the old file or the new one)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        binary = isinstance(text, bytes)
+        with (os.fdopen(fd, "wb") if binary
+              else os.fdopen(fd, "w", encoding="utf-8", newline="")) as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

@@ -139,18 +139,24 @@ def _check_memory_layers(novel) -> None:
 
 
 def cmd_export(args) -> int:
+    from ..export import BINARY, check_out_path, suffix, write_atomic
     from ..novel import Novel
 
-    from ..export import check_out_path, write_atomic
-
     novel = Novel.open(Path(args.project))
-    out = check_out_path(args.out, args.project) if args.out else None
-    text = novel.chapters.export(args.format)
-    if out is not None:
-        write_atomic(out, text)
-        print(f"Wrote {args.out}")
-    else:
-        sys.stdout.write(text)
+    out_arg = args.out
+    if out_arg is None and args.format in BINARY:  # bytes are not for a terminal
+        stem = Path(args.project).expanduser().resolve().name
+        out_arg = f"{stem}{'-notes' if args.format == 'docx-notes' else ''}{suffix(args.format)}"
+    out = check_out_path(out_arg, args.project) if out_arg else None
+    data = novel.chapters.export(args.format)
+    if out is None:
+        sys.stdout.write(data)
+        return 0
+    write_atomic(out, data)
+    what = BINARY[args.format][1] if args.format in BINARY else args.format
+    chapters = len(novel.chapters.list())
+    print(f"Wrote {out_arg} ({what}, {chapters} chapter(s), {len(data):,} "
+          f"{'bytes' if isinstance(data, bytes) else 'characters'}).")
     return 0
 
 
@@ -205,9 +211,15 @@ def add_write(sub) -> None:
 
 
 def add_export(sub) -> None:
-    p = sub.add_parser("export", help="the manuscript as Markdown or plain text")
+    from ..export import ALL
+
+    p = sub.add_parser("export", help="the manuscript as Markdown, text, Word or EPUB")
     p.add_argument("--project", required=True)
-    p.add_argument("--format", choices=("md", "txt", "notes"), default="md",
-                   help="notes: Markdown with the margin notes set apart")
-    p.add_argument("--out", default=None)
+    p.add_argument("--format", choices=ALL, default="md",
+                   help="notes: Markdown with the margin notes set apart; docx: standard "
+                   "manuscript format; docx-notes: the same with each margin note a Word "
+                   "comment; epub: EPUB 3 e-book")
+    p.add_argument("--out", default=None,
+                   help="file to write; default: standard output for md/txt/notes, "
+                   "PROJECT.docx / PROJECT-notes.docx / PROJECT.epub in this folder")
     p.set_defaults(fn=cmd_export)

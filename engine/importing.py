@@ -1,10 +1,12 @@
-"""Reading a writer's files: encoding detection, Gutenberg trimming, chapter splitting."""
+"""Reading a writer's files: encoding detection, Gutenberg trimming, chapter splitting.
+A .docx or .epub is read as Markdown first (engine/formats), then split like a .md."""
 from __future__ import annotations
 
 import re
 import statistics
 from pathlib import Path
 
+from . import formats
 from .store import MAX_CHAPTER_CHARS, ProjectError
 
 MAX_IMPORT_BYTES = 50_000_000
@@ -28,11 +30,21 @@ def read_text_file(path: Path) -> str:
     return read_text(path)[0]
 
 
+TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
+SUFFIXES = (*TEXT_SUFFIXES, *formats.SUFFIXES)
+
+
 def read_text(path: Path) -> tuple[str, str]:
-    """(text, encoding) of an importable file; see ``decode_text``."""
+    """(text, encoding) of an importable file; see ``decode_text``. A .docx or .epub
+    comes back as Markdown: its headings as "# " lines, *italics*, "* * *" scene breaks
+    (their XML is UTF-8, so the encoding is 'utf-8')."""
     path = Path(path)
-    if path.suffix.lower() not in (".txt", ".md", ".markdown", ".text"):
-        raise ProjectError(f"{path.name}: only .txt and .md files can be imported.")
+    suffix = path.suffix.lower()
+    if suffix in formats.SUFFIXES:
+        return formats.read_markdown(read_bytes(path), suffix, path.name), "utf-8"
+    if suffix not in TEXT_SUFFIXES:
+        raise ProjectError(f"{path.name}: only .txt and .md text files, Word .docx files "
+                           "and .epub e-books can be imported.")
     return decode_text(read_bytes(path), path.name)
 
 

@@ -180,3 +180,156 @@ def test_cli_binary_export_without_out_writes_a_default_file(book, tmp_path, mon
     assert main(["export", "--project", str(book.folder), "--format", "epub"]) == 0
     assert "Wrote book.epub (EPUB 3 e-book, 3 chapter(s)" in capsys.readouterr().out
     assert zipfile.is_zipfile(tmp_path / "book.epub")
+
+
+# -- import: .docx and .epub back in ------------------------------------------------------
+@pytest.mark.parametrize("fmt,suffix", [("docx", ".docx"), ("epub", ".epub"),
+                                        ("docx-notes", ".docx")])
+def test_round_trip_keeps_chapters_and_text(book, tmp_path, fmt, suffix):
+    path = tmp_path / f"exported{suffix}"
+    path.write_bytes(book.chapters.export(fmt))
+    other = Novel.create(tmp_path / "other", "Another", "", "")
+    try:
+        ids = other.chapters.import_files([path])
+        got = other.chapters.list()
+        assert len(ids) == len(CHAPTERS) == len(got)
+        for (title, text), chapter in zip(CHAPTERS, got):
+            assert chapter["title"] == title
+            assert _flat(other.chapters.text(chapter["id"])) == _flat(text)  # italics too
+        assert not other.thoughts.list()  # a comment is not a margin note of the import
+    finally:
+        other.close()
+
+
+def _import_refused(tmp_path, name: str, data: bytes, match: str):
+    from engine.store import ProjectError
+    path = tmp_path / name
+    path.write_bytes(data)
+    novel = Novel.create(tmp_path / f"n-{name}", "N", "", "")
+    try:
+        cid = novel.chapters.add("Kept")
+        novel.chapters.save(cid, "Old words.")
+        with pytest.raises(ProjectError, match=match):
+            novel.chapters.import_files([path])
+        assert [c["title"] for c in novel.chapters.list()] == ["Kept"]  # nothing added
+    finally:
+        novel.close()
+
+
+def test_empty_and_corrupt_files_are_refused_with_a_clear_message(book, tmp_path):
+    for suffix in (".docx", ".epub"):
+        _import_refused(tmp_path, f"empty{suffix}", b"", "is empty")
+        _import_refused(tmp_path, f"junk{suffix}", b"not a zip at all " * 50, "not a valid")
+    good = book.chapters.export("docx")
+    _import_refused(tmp_path, "cut.docx", good[: len(good) // 2], "not a valid")
+    _import_refused(tmp_path, "protected.docx", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(600),
+                    "password-protected")
+    doc = docx.Document()  # a real document without a word in it
+    blank = io.BytesIO()
+    doc.save(blank)
+    _import_refused(tmp_path, "blank.docx", blank.getvalue(), "holds no text")
+
+
+def _rezip(data: bytes, change) -> bytes:
+    """The EPUB's entries, passed through change(name, bytes) -> bytes | None (dropped),
+    plus whatever change(None, None) returns as extra {name: bytes}."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
+        for name in src.namelist():
+            body = change(name, src.read(name))
+            if body is not None:
+                dst.writestr(name, body)
+        for name, body in (change(None, None) or {}).items():
+            dst.writestr(name, body)
+    return out.getvalue()
+
+
+def test_drm_protected_and_damaged_epubs_are_refused(book, tmp_path):
+    epub = book.chapters.export("epub")
+    adept = _rezip(epub, lambda n, b: {"META-INF/rights.xml": b"<rights/>"} if n is None else b)
+    _import_refused(tmp_path, "adept.epub", adept, "protected by DRM")
+    encryption = (b'<encryption xmlns="urn:oasis:names:tc:opendocument:xmlns:container" '
+                  b'xmlns:enc="http://www.w3.org/2001/04/xmlenc#"><enc:EncryptedData>'
+                  b'<enc:EncryptionMethod Algorithm="http://www.w3.org/2001/04/xmlenc#aes128-cbc"/>'
+                  b'<enc:CipherData><enc:CipherReference URI="OEBPS/chapter-001.xhtml"/>'
+                  b'</enc:CipherData></enc:EncryptedData></encryption>')
+    locked = _rezip(epub, lambda n, b: {"META-INF/encryption.xml": encryption} if n is None
+                    else b)
+    _import_refused(tmp_path, "locked.epub", locked, "protected by DRM")
+    no_opf = _rezip(epub, lambda n, b: None if n == "OEBPS/content.opf" else b)
+    _import_refused(tmp_path, "no-opf.epub", no_opf, "damaged EPUB")
+    bad_xml = _rezip(epub, lambda n, b: b[:40] if n == "META-INF/container.xml" else b)
+    _import_refused(tmp_path, "bad-xml.epub", bad_xml, "damaged EPUB")
+
+
+def test_docx_from_a_word_processor_is_split_on_headings(tmp_path):
+    """A writer's own .docx: a title, a short front page, chapters as Heading 1, a
+    section as Heading 2 (stays in its chapter), italics by run and by character style."""
+    doc = docx.Document()
+    doc.add_paragraph("My Novel", style="Title")
+    doc.add_paragraph("for my mother")
+    doc.add_heading("One", level=1)
+    p = doc.add_paragraph("She ")
+    p.add_run("ran").italic = True
+    p.add_run(" and ")
+    p.add_run("hid").style = doc.styles["Emphasis"]  # italic by its character style
+    doc.add_heading("A part of one", level=2)
+    doc.add_paragraph("More.")
+    doc.add_paragraph("⁂")
+    doc.add_heading("Two", level=1)
+    doc.add_paragraph("The end.")
+    path = tmp_path / "mine.docx"
+    doc.save(path)
+    novel = Novel.create(tmp_path / "n", "N", "", "")
+    try:
+        novel.chapters.import_files([path])
+        got = [(c["title"], novel.chapters.text(c["id"])) for c in novel.chapters.list()]
+    finally:
+        novel.close()
+    assert [t for t, _ in got] == ["One", "Two"]  # the title and dedication skipped
+    assert got[0][1].startswith("She *ran* and *hid*")
+    assert "A part of one\n\nMore.\n\n* * *" in got[0][1] and got[1][1] == "The end."
+
+
+def test_cli_import_takes_docx_and_epub(book, tmp_path, capsys):
+    from engine.cli.main import main
+    for fmt in ("docx", "epub"):
+        (tmp_path / f"b.{fmt}").write_bytes(book.chapters.export(fmt))
+    target = tmp_path / "target"
+    assert main(["new", "--project", str(target), "--title", "T"]) == 0
+    assert main(["import", "--project", str(target), str(tmp_path / "b.docx"),
+                 str(tmp_path / "b.epub")]) == 0
+    assert "Imported 6 chapter(s)." in capsys.readouterr().out
+
+
+def test_epub_without_headings_takes_titles_from_its_contents(book, tmp_path):
+    """E-books often title chapters only in the table of contents; a file not listed
+    there (a converter's split of a long chapter) continues the chapter before it."""
+    import re
+
+    def change(name, body):
+        if name is None:
+            return {"OEBPS/chapter-002b.xhtml": split}
+        if name and "chapter-" in name:
+            return re.sub(rb"<h1>.*?</h1>", b"", body)
+        if name == "OEBPS/content.opf":
+            return body.replace(b'<itemref idref="f2"/>', b'<itemref idref="f2"/>'
+                                b'<itemref idref="f2b"/>').replace(
+                b"</manifest>", b'<item id="f2b" href="chapter-002b.xhtml" '
+                b'media-type="application/xhtml+xml"/></manifest>')
+        return body
+
+    with zipfile.ZipFile(io.BytesIO(book.chapters.export("epub"))) as z:
+        split = z.read("OEBPS/chapter-002.xhtml").replace(b"<h1>Chapter Two</h1>", b"") \
+            .replace(b"The farmhouse had no lights.", b"The dog barked.") \
+            .replace(b"<p>She knocked twice.</p>", b"")
+    path = tmp_path / "plain.epub"
+    path.write_bytes(_rezip(book.chapters.export("epub"), change))
+    novel = Novel.create(tmp_path / "n", "N", "", "")
+    try:
+        novel.chapters.import_files([path])
+        got = [(c["title"], novel.chapters.text(c["id"])) for c in novel.chapters.list()]
+    finally:
+        novel.close()
+    assert [t for t, _ in got] == [t for t, _ in CHAPTERS]
+    assert got[1][1].endswith("She knocked twice.\n\nThe dog barked.")

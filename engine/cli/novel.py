@@ -171,7 +171,8 @@ def add_new(sub) -> None:
 
 
 def add_import(sub) -> None:
-    p = sub.add_parser("import", help="import .txt/.md files, split on chapter headings")
+    p = sub.add_parser("import", help="import .txt/.md/.docx/.epub files, split on chapter "
+                       "headings (an EPUB also on its contents)")
     p.add_argument("--project", required=True)
     p.add_argument("files", nargs="+")
     p.set_defaults(fn=cmd_import)

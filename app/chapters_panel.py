@@ -13,6 +13,15 @@ from app.messages import ok
 from app.views import chapter_view, need, trash_view, view_outputs
 from engine.errors import UserError
 
+# format -> (what the writer picks, file name ending); the margin notes are in the
+# "notes" ones only
+EXPORTS = {"docx": ("Word manuscript (.docx)", ".docx"),
+           "docx-notes": ("Word, margin notes as comments", "-notes.docx"),
+           "epub": ("EPUB e-book", ".epub"),
+           "md": ("Markdown", ".md"),
+           "notes": ("Markdown with margin notes", "-notes.md"),
+           "txt": ("Plain text", ".txt")}
+
 
 def layout() -> dict:
     """The chapters part of the left column; returns its components by name."""
@@ -35,13 +44,17 @@ def layout() -> dict:
         c["chapter_title"] = gr.Textbox(label="Chapter title", scale=3, elem_id="chapter-title")
         c["rename_btn"] = gr.Button("Rename", size="sm", scale=1, elem_id="rename-chapter")
     with gr.Accordion("Import and export", open=False):
-        c["import_files"] = gr.File(label="Import .txt / .md (split on chapter headings)",
-                                    file_count="multiple", file_types=[".txt", ".md"],
+        c["import_files"] = gr.File(label="Import .txt / .md / .docx / .epub (split on "
+                                    "chapter headings)", file_count="multiple",
+                                    file_types=[".txt", ".md", ".docx", ".epub"],
                                     elem_id="import-files")
         c["import_btn"] = gr.Button("Import", size="sm", elem_id="import")
         with gr.Row():
-            c["export_md"] = gr.Button("Export Markdown", size="sm", elem_id="export-md")
-            c["export_txt"] = gr.Button("Export text", size="sm", elem_id="export-txt")
+            c["export_format"] = gr.Dropdown(
+                label="Export as", choices=[(label, fmt) for fmt, (label, _) in
+                                            EXPORTS.items()],
+                value="docx", scale=3, elem_id="export-format")
+            c["export_btn"] = gr.Button("Export", size="sm", scale=1, elem_id="export")
         c["export_file"] = gr.File(label="Download", visible=False, elem_id="export-file")
     return c
 
@@ -131,7 +144,7 @@ def wire(lib, c: dict) -> dict:
          needs="Open or create a novel first.")
     def on_import(novel, files):
         if not files:
-            raise UserError("Choose one or more .txt or .md files first.")
+            raise UserError("Choose one or more .txt, .md, .docx or .epub files first.")
         paths = [f if isinstance(f, str) else f.name for f in files]
         encodings: dict = {}
         ids = novel.chapters.import_files(paths, progress=gr.Progress().tqdm, encodings=encodings)
@@ -143,17 +156,20 @@ def wire(lib, c: dict) -> dict:
     imported = c["import_btn"].click(on_import, [novel_dd, c["import_files"]],
                                      chapter_outputs + [c["import_files"]])
 
-    def exporter(fmt):
-        @act(2, 1, others={0: gr.update(visible=False)})
-        def handler(novel):
-            text = novel.chapters.export(fmt)
-            name = novel.folder.name
-            out = Path(tempfile.mkdtemp(prefix="mnemosyne-")) / f"{name}.{fmt}"
-            out.write_text(text, encoding="utf-8")
-            return gr.File(value=str(out), visible=True), ok(f"Exported {out.name}.")
-        return handler
+    @act(2, 1, others={0: gr.update(visible=False)})
+    def on_export(novel, fmt):
+        if fmt not in EXPORTS:
+            raise UserError("Pick a format to export first.")
+        data = novel.chapters.export(fmt)  # bytes for .docx and .epub
+        name = f"{novel.folder.name}{EXPORTS[fmt][1]}"
+        out = Path(tempfile.mkdtemp(prefix="mnemosyne-")) / name
+        if isinstance(data, bytes):
+            out.write_bytes(data)
+        else:
+            out.write_text(data, encoding="utf-8")
+        return gr.File(value=str(out), visible=True), ok(f"Exported {out.name}.")
 
-    c["export_md"].click(exporter("md"), novel_dd, [c["export_file"], c["status"]])
-    c["export_txt"].click(exporter("txt"), novel_dd, [c["export_file"], c["status"]])
+    c["export_btn"].click(on_export, [novel_dd, c["export_format"]],
+                          [c["export_file"], c["status"]])
     return {"picked_chapter": picked, "deleted": deleted, "restored": restored,
             "imported": imported}

@@ -3,6 +3,7 @@ notes as Word comments, EPUB 3; and importing .docx and .epub back."""
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import subprocess
 import zipfile
@@ -333,3 +334,30 @@ def test_epub_without_headings_takes_titles_from_its_contents(book, tmp_path):
         novel.close()
     assert [t for t, _ in got] == [t for t, _ in CHAPTERS]
     assert got[1][1].endswith("She knocked twice.\n\nThe dog barked.")
+
+
+def test_page_imports_a_docx_and_exports_an_epub(book, app_server, page, tmp_path):
+    """Through the browser: Import takes a .docx, Export as EPUB offers the file."""
+    from playwright.sync_api import expect
+    from ui_helpers import create_novel, editor, status
+
+    url, projects = app_server
+    manuscript = tmp_path / "long-way.docx"
+    manuscript.write_bytes(book.chapters.export("docx"))
+    create_novel(page, url, "Long Way")
+    expect(status(page)).to_contain_text("Created")
+    page.get_by_text("Import and export", exact=True).first.click()
+    page.locator("#import-files input[type=file]").set_input_files(str(manuscript))
+    page.locator("#import").click()
+    expect(status(page)).to_contain_text("Imported 3 chapter(s).")
+    expect(editor(page)).to_have_value("Home, at last.")
+    page.locator("#export-format input").click()
+    page.get_by_role("option", name="EPUB e-book").click()
+    with page.expect_download() as download:
+        page.locator("#export").click()
+        expect(status(page)).to_contain_text(re.compile(r"Exported .*\.epub\."))
+        page.locator("#export-file a").first.click()
+    saved = tmp_path / "got.epub"
+    download.value.save_as(saved)
+    with zipfile.ZipFile(saved) as z:
+        assert "Mara walked on" in z.read("OEBPS/chapter-001.xhtml").decode()

@@ -240,7 +240,11 @@ def wire(lib, c: dict, loaded) -> dict:
                                         show_progress="hidden", trigger_mode="multiple")
     retried = c["retry_btn"].click(starter(True), gen_inputs, gen_outputs,
                                    show_progress="hidden", trigger_mode="multiple")
-    continued.then(lambda: "", None, c["instruction"], show_progress="hidden")
+    # Enter in the instruction box continues too; the box is emptied once it has
+    submitted = c["instruction"].submit(starter(False), gen_inputs, gen_outputs,
+                                        show_progress="hidden", trigger_mode="multiple")
+    for ev in (continued, submitted):
+        ev.then(lambda: "", None, c["instruction"], show_progress="hidden")
 
     @act(len(gen_outputs), 1, needs=None)
     def attach(novel, cid):
@@ -304,5 +308,6 @@ def wire(lib, c: dict, loaded) -> dict:
 
     switched = c["versions_dd"].input(on_version, [novel_dd, chapter_radio, c["versions_dd"]],
                                       history_outputs)
-    return {"continued": continued, "retried": retried, "undone": undone, "redone": redone,
+    return {"continued": continued, "submitted": submitted, "retried": retried,
+            "undone": undone, "redone": redone,
             "switched": switched, "saved": saved}

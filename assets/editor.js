@@ -74,8 +74,12 @@
       if (!button || button.disabled) return;
       e.preventDefault();
       // Leave the field first, as a click would: its blur saves what was just typed.
-      if (document.activeElement instanceof HTMLElement) document.activeElement.blur();
-      button.click();
+      const active = document.activeElement;
+      const inNote = active instanceof Element && active.closest("#thoughts-list");
+      if (active instanceof HTMLElement) active.blur();
+      // A margin note's edit goes out first (assets/page.js sends it within ~100 ms):
+      // once the model writes, notes wait.
+      if (inNote) setTimeout(() => button.click(), 600); else button.click();
     } else if (e.key === "Escape" && !e.repeat && writing()) {
       const button = document.querySelector("#stop");
       if (!button) return;

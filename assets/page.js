@@ -172,9 +172,11 @@
       el = document.createElement("div");
       el.className = "mg-note";
       el.dataset.id = n.id;
+      el.setAttribute("role", "note");
       el.innerHTML = '<div class="mg-head"><span class="mg-who"></span>' +
         '<button type="button" class="mg-del" title="Delete this note">Delete</button></div>' +
-        '<div class="mg-text" contenteditable="plaintext-only" spellcheck="true"></div>';
+        '<div class="mg-text" contenteditable="plaintext-only" spellcheck="true" ' +
+        'aria-label="Margin note: Enter saves, Esc leaves it as it was"></div>';
       const t = el.querySelector(".mg-text");
       t.addEventListener("keydown", (e) => {
         if (e.key === "Enter" && !e.shiftKey && !e.ctrlKey && !e.metaKey) {
@@ -209,7 +211,8 @@
     const el = document.createElement("div");
     el.className = "mg-note mg-writer mg-draft";
     el.innerHTML = '<div class="mg-head"><span class="mg-who">💭 Your note</span></div>' +
-      '<div class="mg-text" contenteditable="plaintext-only" spellcheck="true"></div>';
+      '<div class="mg-text" contenteditable="plaintext-only" spellcheck="true" ' +
+        'aria-label="Margin note: Enter saves, Esc leaves it as it was"></div>';
     el._draft = true; el._anchor = end; el._start = paraStart(text, end);
     const t = el.querySelector(".mg-text");
     t.addEventListener("keydown", (e) => {
@@ -288,16 +291,17 @@
     const keep = new Set();
     let floor = 0;
     const y = (o) => P.lineEls[lineOf(P.starts, o)].offsetTop;
-    notes.map((n, i) => ({ n, top: y(starts[i]) }))
-      .sort((a, b) => a.top - b.top || a.n.anchor - b.n.anchor)
-      .forEach(({ n, top: t }) => {
-        const el = noteEl(n);
-        if (el.parentElement !== track) track.appendChild(el);
-        const want = Math.max(t, floor);
-        el.style.top = want + "px";
-        floor = want + el.offsetHeight + GAP;
-        keep.add(el);
-      });
+    // reads first, then writes: one layout for the whole margin, however many notes
+    const placed = notes.map((n, i) => ({ n, top: y(starts[i]), el: noteEl(n) }))
+      .sort((a, b) => a.top - b.top || a.n.anchor - b.n.anchor);
+    for (const p of placed) if (p.el.parentElement !== track) track.appendChild(p.el);
+    for (const p of placed) p.h = p.el.offsetHeight;
+    for (const p of placed) {
+      const want = Math.max(p.top, floor);
+      p.el.style.top = want + "px";
+      floor = want + p.h + GAP;
+      keep.add(p.el);
+    }
     for (const [id, el] of P.els) if (!keep.has(el)) { el.remove(); P.els.delete(id); }
     if (P.draftEl) P.draftEl.style.top = y(P.draftEl._start) + "px";
     const add = P.addBtn;
@@ -313,14 +317,17 @@
       P.raw = d.value;
       try {
         const data = JSON.parse(d.value);
+        // The anchors are in the text as the server saw it. When the writer has typed
+        // since (the lengths differ), the notes it knows keep the anchors moved here
+        // (in P.text, which the next drawing carries on to what the textarea shows).
         const sameText = ta && data.length === ta.value.length;
         const local = new Map(P.notes.map((n) => [n.id, n.anchor]));
-        const moved = P.data && P.data.cid === data.cid && !sameText;
+        const moved = P.data && P.data.cid === data.cid && !sameText && P.text !== null;
         P.notes = data.notes.map((n) => ({ ...n,
           anchor: moved && local.has(n.id) ? local.get(n.id) : n.anchor }));
-        P.mark = sameText ? data.mark : (P.data && P.data.cid === data.cid ? P.mark : null);
+        P.mark = sameText ? data.mark : (moved ? P.mark : null);
         P.data = data;
-        if (ta) P.text = ta.value;  // the anchors are in the text shown now
+        if (ta && !moved) P.text = ta.value;
         P.dirty = true;
       } catch (e) { /* not JSON yet */ }
     }

@@ -255,6 +255,8 @@ def test_ctrl_enter_continues_esc_stops_and_the_instruction_steers_once(app_serv
     expect(editor(page)).not_to_be_editable(timeout=60_000)
     page.wait_for_function("n => document.querySelector('#editor textarea').value.length > n",
                            arg=len(TEXT) + 8, timeout=60_000)
+    # What streams in is marked as the model's while it comes.
+    page.wait_for_function(f"() => (({MARKED})() || '').length > 4", timeout=20_000)
     page.locator("body").click(position={"x": 5, "y": 5})
     page.keyboard.press("Escape")
     expect(status(page)).to_contain_text("Stopped", timeout=30_000)
@@ -305,3 +307,41 @@ def test_typing_on_a_100k_word_chapter_stays_quick(app_server, page):
           f"p90 {p90:.1f} ms, max {lat[-1]:.1f} ms over {len(lat)} keys")
     assert median < 50, lat
     expect(status(page)).to_contain_text("Saved", timeout=60_000)
+
+
+# -- what the page is sent, without a browser ------------------------------------------
+def test_the_mark_is_the_models_passage_while_it_is_the_head(novel):
+    opening, passage = "The keeper climbed.", " The lamp went out."
+    cid = novel.chapters.add("One", opening)
+    assert novel.chapters.last_passage(cid) is None  # the writer's own text
+    novel.store.new_revision(cid, opening + passage, "model", "continue")
+    assert novel.chapters.last_passage(cid) == (len(opening), len(opening + passage))
+    novel.chapters.save(cid, opening + passage + " Mine.")
+    assert novel.chapters.last_passage(cid) is None  # edited: the mark goes
+    novel.chapters.undo(cid)
+    assert novel.chapters.last_passage(cid) == (len(opening), len(opening + passage))
+
+
+def test_margin_commands_are_novel_calls(novel):
+    from app import page
+    from engine.errors import UserError
+
+    cid = novel.chapters.add("One", "First paragraph.\n\nSecond paragraph.")
+    other = novel.chapters.add("Two", "Elsewhere.")
+    assert page.apply(novel, cid, page.command(
+        json.dumps({"op": "add", "anchor": 16, "text": "  A note.  ", "cid": cid}))) == "Note added."
+    data = json.loads(page.page_data(novel, cid))
+    assert data["length"] == len(novel.chapters.text(cid)) and data["mark"] is None
+    [note] = data["notes"]
+    assert (note["anchor"], note["text"], note["author"]) == (16, "A note.", "writer")
+    page.apply(novel, cid, {"op": "edit", "id": note["id"], "text": "Changed."})
+    assert novel.thoughts.get(note["id"])["text"] == "Changed."
+    with pytest.raises(UserError):  # a note of another chapter is left alone
+        page.apply(novel, other, {"op": "delete", "id": note["id"]})
+    with pytest.raises(UserError):  # a command sent from another chapter's page
+        page.apply(novel, other, {"op": "edit", "id": note["id"], "text": "x", "cid": cid})
+    for raw in ("", "[]", '{"op": "drop"}'):
+        with pytest.raises(UserError):
+            page.command(raw)
+    page.apply(novel, cid, {"op": "delete", "id": note["id"]})
+    assert novel.thoughts.list(cid) == []

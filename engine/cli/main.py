@@ -24,7 +24,8 @@ def parser(argv=None) -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     # In the order --help lists them.
     for add in (novel.add_new, novel.add_import, novel.add_list, novel.add_write,
-                memory.add_memory, memory.add_thoughts, memory.add_matrix, novel.add_export):
+                memory.add_memory, memory.add_thoughts, memory.add_knn, memory.add_matrix,
+                novel.add_export):
         add(sub)
     for add in (bench.add_bench, bench.add_score, bench.add_train):
         add(sub, argv)

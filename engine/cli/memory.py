@@ -1,5 +1,6 @@
 """The memories' subcommands: memory (facts, pins, recall, links), thoughts (margin
-notes) and matrix (the in-model memory matrix)."""
+notes), knn (the long memory read inside attention) and matrix (the in-model memory
+matrix)."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,7 @@ import json
 from pathlib import Path
 
 from ..score import int_in
-from ..settings import Matrix, add_flags
+from ..settings import KNN, Matrix, add_flags
 from .common import _model_arg, _slot
 
 
@@ -97,6 +98,34 @@ def cmd_matrix(args) -> int:
               + (f"; {i['notice']}" if i.get("notice") else ""))
         if usage:
             print(f"  chapters {usage['chapters']}; slot groups of {usage['per_bucket']}")
+    return 0
+
+
+def cmd_knn(args) -> int:
+    """What the memory panel's kNN part does: show, on, off, set (--layers, --k),
+    rebuild (with a progress bar on a terminal, none with --json)."""
+    from ..novel import Novel
+
+    novel = Novel.open(Path(args.project), _slot(args))
+    act = args.action
+    if act == "set" and args.layers is None and args.k is None:
+        raise ValueError("knn set needs --layers or --k, e.g. knn set --k 8")
+    if act in ("on", "set") and args.layers not in (None, ""):
+        novel.model.get()  # the layers are checked against the model's depth
+    if act in ("on", "off", "set"):
+        novel.knn.set_settings(on=None if act == "set" else act == "on", layers=args.layers,
+                               k=args.k)
+    elif act == "rebuild":
+        novel.knn.rebuild(progress=None if args.json else _bar("kNN memory"))
+    out = {"settings": novel.knn.settings(), "info": novel.knn.info()}
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    s, i = out["settings"], out["info"]
+    layers = ",".join(map(str, s["layers"])) if s["layers"] else "the model's default"
+    print(f"kNN memory {'on' if s['on'] else 'off'}: layers {layers}, k {s['k']}")
+    print(f"  {i['tokens']:,} tokens stored ({i['index']} index, {i['bytes']:,} bytes)"
+          + ("; rebuilt" if act == "rebuild" else ""))
     return 0
 
 
@@ -190,6 +219,18 @@ def add_thoughts(sub) -> None:
                    help="character offset; default: end")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_thoughts)
+
+
+def add_knn(sub) -> None:
+    p = sub.add_parser("knn", help="the long memory read inside attention: show, on/off, "
+                       "set, rebuild")
+    p.add_argument("--project", required=True)
+    p.add_argument("action", choices=("show", "on", "off", "set", "rebuild"))
+    # --layers --k: the novel's KNN section, checked by its fields
+    add_flags(p, KNN, only=("layers", "k"))
+    p.add_argument("--json", action="store_true")
+    _model_arg(p)
+    p.set_defaults(fn=cmd_knn)
 
 
 def add_matrix(sub) -> None:

@@ -389,12 +389,14 @@ def write_note(lm, passage: str, bible: dict, plan: bool = False, seed: int = 0,
                cancel=None, tries: int = NOTE_TRIES) -> str:
     """Ask the model for one short note on a passage (or a plan for the next one);
     a note that ``note_problem`` turns down is asked for again with another seed, up
-    to ``tries`` times, and after that the passage goes without a note ("")."""
+    to ``tries`` times. After that the last one is kept if its only fault is that it
+    missed its paragraph; one in an assistant's or reviewer's voice never is ("")."""
     from .writer import PrefixCache, Result, Sampling, stream
 
     lead = note_lead(passage, plan) or note_lead(bible.get("premise") or "", plan)
     ids = note_prompt_ids(lm.tokenizer, passage, bible, plan, lead=lead)
     prefix = PrefixCache()  # each try re-reads only the tokens after the prompt
+    fallback = ""
     for k in range(max(1, tries)):
         result = Result()
         with lm.lock:
@@ -405,9 +407,12 @@ def write_note(lm, passage: str, bible: dict, plan: bool = False, seed: int = 0,
         if result.stop_reason == "cancelled":
             return ""
         note = tidy_note(result.text, cut_short=result.stop_reason == "length", lead=lead)
-        if note_problem(note, passage, lead) is None:
+        problem = note_problem(note, passage, lead)
+        if problem is None:
             return note
-    return ""
+        fallback = note if problem in ("not about its paragraph",
+                                       "copied from the paragraph") else ""
+    return fallback
 
 
 def note_prompt_ids(tok, passage: str, bible: dict, plan: bool = False,

@@ -111,6 +111,14 @@ def test_a_note_turned_down_is_asked_for_again(tiny_lm, monkeypatch):
     assert len(asked) == 3 and len(set(asked)) == 3  # a new seed each time
     replies = iter(["The author has skillfully woven it."] * 5)
     assert thoughts.write_note(tiny_lm, PARA, BIBLE, seed=5, tries=2) == ""
+    # after the tries, a note that only missed its paragraph is kept; a reviewer's never
+    replies = iter(["has skillfully woven a tale, the author says.",
+                    "sails to the capital with his new wife."])
+    assert thoughts.write_note(tiny_lm, PARA, BIBLE, seed=5, tries=2) == \
+        "Elena sails to the capital with his new wife."
+    replies = iter(["sails to the capital with his new wife.",
+                    "has skillfully woven a tale, the author says."])
+    assert thoughts.write_note(tiny_lm, PARA, BIBLE, seed=5, tries=2) == ""
 
 
 def test_tidy_note_puts_the_lead_back_and_keeps_one_paragraph():

@@ -45,8 +45,9 @@ def write(bible: dict, chapters: list[dict], notes: bool = False) -> bytes:
         by = doc.add_paragraph(f"by {author}", style="Title Page")
         by.alignment = WD_ALIGN_PARAGRAPH.CENTER
 
-    for chapter in chapters:
-        h = doc.add_paragraph(chapter["title"], style="Heading 1")
+    for n, chapter in enumerate(chapters, 1):
+        h = doc.add_paragraph((chapter["title"] or "").strip() or f"Chapter {n}",
+                              style="Heading 1")
         h.paragraph_format.page_break_before = True
         paras = paragraphs(chapter.get("text") or "")
         made = []

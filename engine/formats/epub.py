@@ -61,7 +61,9 @@ def write(bible: dict, chapters: list[dict]) -> bytes:
         f'<section class="titlepage" epub:type="titlepage">\n'
         f'<h1 class="title">{escape(title)}</h1>\n{by}\n</section>'))))
     for i, chapter in enumerate(chapters, 1):
-        body = [f'<section epub:type="chapter">', f"<h1>{escape(chapter['title'])}</h1>"]
+        # an empty title would leave an empty link in the contents (epubcheck refuses it)
+        chapter = {**chapter, "title": (chapter["title"] or "").strip() or f"Chapter {i}"}
+        body = ['<section epub:type="chapter">', f"<h1>{escape(chapter['title'])}</h1>"]
         body += [_html(p) for p in paragraphs(chapter.get("text") or "")]
         body.append("</section>")
         files.append((f"chapter-{i:03d}.xhtml", chapter["title"],

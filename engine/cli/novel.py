@@ -75,8 +75,9 @@ def cmd_write(args) -> int:
 
     # Everything is checked before anything changes: the values, the receipt's path,
     # the chapter, the model and the settings the Continue will run under.
-    sampling = Sampling(temperature=args.temperature, top_p=args.top_p,
-                        max_new_tokens=args.tokens, seed=args.seed).validate()
+    chosen = {"temperature": args.temperature, "top_p": args.top_p}  # None: the defaults
+    sampling = Sampling(max_new_tokens=args.tokens, seed=args.seed,
+                        **{k: v for k, v in chosen.items() if v is not None}).validate()
     validate_text("The prompt", args.prompt or "", MAX_CHAPTER_CHARS)
     receipt_path = _writable(args.receipt) if args.receipt else None
     novel = Novel.open(Path(args.project), _slot(args))
@@ -195,10 +196,10 @@ def add_write(sub) -> None:
                    help=f"new tokens, 1..{MAX_NEW_TOKENS}")
     p.add_argument("--seed", type=int_in(0, MAX_SEED, "2**63-1"), default=None,
                    help="0..2**63-1; default: a fresh one, recorded")
-    p.add_argument("--temperature", type=float_in(0.0, MAX_TEMPERATURE), default=0.8,
-                   help=f"0..{MAX_TEMPERATURE:g}")
-    p.add_argument("--top-p", type=float_in(0.0, 1.0, lo_open=True), default=0.95,
-                   help="in (0, 1]")
+    p.add_argument("--temperature", type=float_in(0.0, MAX_TEMPERATURE), default=None,
+                   help=f"0..{MAX_TEMPERATURE:g}; default: the engine's (writer.Sampling)")
+    p.add_argument("--top-p", type=float_in(0.0, 1.0, lo_open=True), default=None,
+                   help="in (0, 1]; default: the engine's")
     p.add_argument("--budget", type=int_in(1), default=None,
                    help="prompt token budget (at most the model's context length)")
     p.add_argument("--prompt", default="", help="your own words, added before the model writes")

@@ -19,8 +19,10 @@ LIMIT_REACHED = "The chapter reached its length limit; start a new chapter."
 
 
 def build_context(novel, chapter_id: int, budget: int | None = None,
-                  base_text: str | None = None) -> tuple[list[int], dict]:
-    """The prompt ids and the receipt for continuing ``base_text`` (default: the chapter)."""
+                  base_text: str | None = None, frame: str | None = None
+                  ) -> tuple[list[int], dict]:
+    """The prompt ids and the receipt for continuing ``base_text`` (default: the chapter);
+    ``frame``: context.build's (None: its default)."""
     lm = novel.model.get()
     ch = novel.chapters.get(chapter_id)
     budget = budget or min(DEFAULT_BUDGET, lm.context_length // 2)
@@ -33,7 +35,8 @@ def build_context(novel, chapter_id: int, budget: int | None = None,
                                                lm.tokenizer)
     ids, receipt = context.build(lm.tokenizer, budget, novel.bible, tail,
                                  chapter_heading=ch["title"], pins=pins,
-                                 recalled=[h.to_context(novel.store) for h in recalled])
+                                 recalled=[h.to_context(novel.store) for h in recalled],
+                                 frame=frame)
     receipt.warnings += warnings
     return ids, receipt.to_dict()
 
@@ -74,7 +77,9 @@ def continue_passage(novel, chapter_id, sampling, prompt="", budget=None, action
     if prompt.strip():  # only once every check above has passed
         novel.store.new_revision(chapter_id, run.base, "writer", "prompt")
     yield from plan_note(novel, run)
-    run.ids, run.receipt = build_context(novel, chapter_id, budget, run.base)
+    # a model tuned to write its notes inline learned them in plain text, not in a chat
+    run.ids, run.receipt = build_context(novel, chapter_id, budget, run.base,
+                                         frame="raw" if run.self_mode else None)
     novel.last_receipt = run.receipt
     forward, key = yield from read_memories(novel, run)
     yield from stream(novel, run, action, forward, key)

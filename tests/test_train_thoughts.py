@@ -237,6 +237,28 @@ def test_self_mode_routes_inline_bubbles_with_the_adapter_on_only_for_that_novel
     assert [n["text"] for n in other.thoughts.list(cid2)] == ["a prompted note"]
 
 
+def test_self_mode_reads_the_story_as_plain_text_not_in_a_chat(library, tiny_lm, tmp_path,
+                                                               monkeypatch):
+    """The thought adapter learned its inline notes on plain text: in self mode the
+    context is framed raw, whatever the default frame (bench prose chose 'chat')."""
+    import engine.pipeline as pipeline
+
+    frames, build = [], pipeline.context.build
+
+    def spy(*a, **k):
+        frames.append(k.get("frame"))
+        return build(*a, **k)
+    monkeypatch.setattr(pipeline.context, "build", spy)
+    monkeypatch.setattr(writer, "stream", fake_stream([" She ran."], []))
+    monkeypatch.setattr(pipeline, "write_note", lambda *a, **k: "")
+    own = library.open(library.create("Self", "A keeper."))
+    own.thoughts.set_settings(mode="self", adapter=str(saved_adapter(tiny_lm, tmp_path / "ad")))
+    other = library.open(library.create("Prompted", "A sailor."))
+    for novel in (own, other):
+        list(novel.continue_chapter(novel.chapters.add("One", "Start.")))
+    assert frames == ["raw", None]  # None: the default frame
+
+
 def test_self_mode_plan_first_opens_the_stream_with_a_note(novel, tiny_lm, tmp_path,
                                                             monkeypatch):
     novel.thoughts.set_settings(plan_first=True, mode="self",

@@ -299,6 +299,7 @@
     for (const p of placed) {
       const want = Math.max(p.top, floor);
       p.el.style.top = want + "px";
+      p.at = want;
       floor = want + p.h + GAP;
       keep.add(p.el);
     }
@@ -306,7 +307,9 @@
     if (P.draftEl) P.draftEl.style.top = y(P.draftEl._start) + "px";
     const add = P.addBtn;
     add.hidden = !on || ta.disabled || !P.data || P.data.cid === null || P.drafting;
-    add.style.top = y(caretStart) + "px";
+    let addAt = y(caretStart);  // below any note that stands where it would
+    for (const p of placed) if (addAt + 20 > p.at && addAt < p.at + p.h) addAt = p.at + p.h + 2;
+    add.style.top = addAt + "px";
     place(ta);
   }
 
@@ -356,13 +359,19 @@
     b.id = "drawer-toggle"; b.type = "button"; b.textContent = "☰ Panels";
     b.title = "Memories, long memory, matrix, sampling, receipt";
     const desk = () => $("#desk");
-    b.addEventListener("click", () => desk() && desk().classList.toggle("drawer-open"));
+    const open = (on) => {
+      if (!desk()) return;
+      desk().classList.toggle("drawer-open", on);
+      b.classList.toggle("open", on);
+      b.textContent = on ? "✕ Close panels" : "☰ Panels";
+    };
+    b.addEventListener("click", () => open(!b.classList.contains("open")));
     // inside Gradio's .contain: the app's CSS is scoped to it
     ($(".gradio-container .contain") || document.body).appendChild(b);
     document.addEventListener("keydown", (e) => {
-      if (e.key === "Escape" && desk() && desk().classList.contains("drawer-open") &&
+      if (e.key === "Escape" && b.classList.contains("open") &&
           !(e.target instanceof Element && e.target.closest("#side-panels input, #side-panels textarea"))) {
-        desk().classList.remove("drawer-open");
+        open(false);
       }
     });
   }

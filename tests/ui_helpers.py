@@ -46,12 +46,18 @@ def create_novel(page, url, title="The Lighthouse", name=""):
     page.locator("#create-novel").click()
 
 
+def saved(page, text, timeout: int = 60_000):
+    """Until the autosave has saved the editor's ``text`` (not an earlier part of it)."""
+    n = len(text.replace("\r\n", "\n").replace("\r", "\n"))
+    expect(page.locator(f"#status .saved-{n}")).to_have_count(1, timeout=timeout)
+
+
 def start_chapter(page, url, title, text=OPENING):
     """A new novel whose first chapter holds the typed ``text``, saved."""
     create_novel(page, url, title)
     expect(status(page)).to_contain_text("Created")
     type_text(editor(page), text)
-    expect(status(page)).to_contain_text("Saved")
+    saved(page, text)
 
 
 def set_max_tokens(page, n: int):

@@ -17,7 +17,10 @@ from engine.writer import Sampling
 
 RANDOM_SEED = -1
 STEER = "The writer asks for the next passage: {}"
-SAMPLING_DEFAULTS = {"temperature": 0.8, "top_p": 0.95, "max_tokens": 120}
+# the sliders start at the engine's sampling defaults (chosen by bench prose), and at a
+# passage shorter than its default
+SAMPLING_DEFAULTS = {"temperature": Sampling.temperature, "top_p": Sampling.top_p,
+                     "max_tokens": 120}
 # Every change to the editor (typing, paste, cut, drop, IME) is saved by the hidden
 # "autosave" button, at most ~0.8 s after the last change and at once when the editor
 # loses focus: Gradio's own input event misses a mouse or Ctrl+V paste.
@@ -78,9 +81,11 @@ def layout() -> dict:
 def sampling_layout() -> dict:
     c = {}
     with gr.Accordion("Sampling", open=True):
-        c["temperature"] = gr.Slider(0.0, 2.0, value=0.8, step=0.05, label="Temperature",
+        c["temperature"] = gr.Slider(0.0, 2.0, value=SAMPLING_DEFAULTS["temperature"], step=0.05,
+                                     label="Temperature",
                                      elem_id="temperature")
-        c["top_p"] = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p",
+        c["top_p"] = gr.Slider(0.05, 1.0, value=SAMPLING_DEFAULTS["top_p"], step=0.01,
+                               label="Top-p",
                                elem_id="top-p")
         c["max_tokens"] = gr.Slider(8, 1024, value=120, step=8, label="Max new tokens",
                                     elem_id="max-tokens")

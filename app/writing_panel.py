@@ -16,7 +16,6 @@ from engine.novel import StaleText
 from engine.writer import Sampling
 
 RANDOM_SEED = -1
-STEER = "The writer asks for the next passage: {}"
 # the sliders start at the engine's sampling defaults (chosen by bench prose), and at a
 # passage shorter than its default
 SAMPLING_DEFAULTS = {"temperature": Sampling.temperature, "top_p": Sampling.top_p,
@@ -124,26 +123,6 @@ def flush(novel, cid, text, base) -> None:
         save(novel, cid, text, base)
 
 
-def steer(novel, cid, instruction) -> int | None:
-    """The writer's instruction for this Continue only, as a note at the end of the
-    chapter: the prompt carries the notes after the last words (in the chat frame, in the
-    writer's turn). Its id, for unsteer(); None without an instruction."""
-    instruction = " ".join((instruction or "").split())
-    return novel.thoughts.add(cid, STEER.format(instruction)) if instruction else None
-
-
-def unsteer(novel, note, job=None) -> None:
-    """Take the instruction's note away once its Continue is over."""
-    if note is None:
-        return
-    if job is not None:
-        job.done.wait(60)
-    try:
-        novel.thoughts.delete(note)
-    except Exception as e:  # noqa: BLE001 - the note stays, visible and deletable
-        writer_message(e, "removing the instruction note")
-
-
 def wire(lib, c: dict, loaded) -> dict:
     """Events of the editor and its actions; ``loaded``: the page load (a page opened
     mid-passage follows it). Returns the events after which the margin notes follow."""
@@ -220,24 +199,17 @@ def wire(lib, c: dict, loaded) -> dict:
 
         @act(len(gen_outputs), 1, needs=pick, chapter=pick)
         def start(novel, cid, text, base, t, p, n, s, instruction=""):
-            note = None
             try:
                 flush(novel, cid, text, base)
                 chosen = sampling(t, p, n, s)
-                note = None if retry else steer(novel, cid, instruction)
-                job = novel.start(cid, chosen, retry=retry)
+                # the instruction is read by this Continue only (never saved as a note)
+                job = novel.start(cid, chosen, retry=retry,
+                                  instruction="" if retry else instruction or "")
             except StaleText as e:
-                unsteer(novel, note)
                 yield (gr.Textbox(value=novel.chapters.text(cid)), err(e), gr.update(),
                        gr.update(), seen(novel, cid), versions_view(novel, cid))
                 return
-            except Exception:
-                unsteer(novel, note)
-                raise
-            try:
-                yield from watch(novel, job, cid)
-            finally:
-                unsteer(novel, note, job)
+            yield from watch(novel, job, cid)
         return start
 
     gen_inputs = [novel_dd, chapter_radio, editor, c["head"], c["temperature"], c["top_p"],

@@ -99,11 +99,14 @@ class Novel:
         return self.build_context(chapter_id, budget)[1]
 
     def continue_chapter(self, chapter_id: int, sampling: writer.Sampling | None = None,
-                         prompt: str = "", budget: int | None = None, action: str = "continue"):
-        """Stream a new passage onto the chapter; yields Events, saves as it goes."""
+                         prompt: str = "", budget: int | None = None, action: str = "continue",
+                         instruction: str = ""):
+        """Stream a new passage onto the chapter; yields Events, saves as it goes.
+        ``prompt``: the writer's words, added to the chapter first; ``instruction``: what
+        the writer asks of this passage, read by the model and never saved."""
         with self.desk.writing(chapter_id):
             yield from pipeline.continue_passage(self, chapter_id, sampling or writer.Sampling(),
-                                                 prompt, budget, action)
+                                                 prompt, budget, action, instruction)
 
     def retry(self, chapter_id: int, sampling: writer.Sampling | None = None,
               budget: int | None = None):
@@ -117,11 +120,12 @@ class Novel:
                                                  "", budget, "retry")
 
     def start(self, chapter_id: int, sampling: writer.Sampling | None = None,
-              prompt: str = "", retry: bool = False) -> Job:
+              prompt: str = "", retry: bool = False, instruction: str = "") -> Job:
         """Run a Continue (or a Retry) in the background; see Job. A refusal (no model,
         nothing to retry) is raised here, at once."""
         return self.desk.start(self.retry(chapter_id, sampling) if retry else
-                               self.continue_chapter(chapter_id, sampling, prompt=prompt))
+                               self.continue_chapter(chapter_id, sampling, prompt=prompt,
+                                                     instruction=instruction))
 
 
 class Library:

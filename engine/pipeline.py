@@ -10,19 +10,22 @@ from dataclasses import dataclass, field
 from . import context, writer
 from .jobs import Event, Halt, NovelError
 from .store import MAX_CHAPTER_CHARS, validate_text
-from .thoughts import BEGIN, Router, note_points, write_note
+from .thoughts import BEGIN, Router, Thought, note_points, with_thoughts, write_note
 
 AUTOSAVE_S = 0.5        # streamed text reaches disk at least this often
 DEFAULT_BUDGET = 2048   # prompt tokens; prefill dominates a Continue on a CPU
 MIN_ROOM = 200          # characters a Continue needs left under MAX_CHAPTER_CHARS
 LIMIT_REACHED = "The chapter reached its length limit; start a new chapter."
+INSTRUCTION = "The writer asks for the next passage: {}"
+MAX_INSTRUCTION_CHARS = 5_000  # a note's length: an instruction, not a chapter
 
 
 def build_context(novel, chapter_id: int, budget: int | None = None,
-                  base_text: str | None = None, frame: str | None = None
-                  ) -> tuple[list[int], dict]:
+                  base_text: str | None = None, frame: str | None = None,
+                  instruction: str = "") -> tuple[list[int], dict]:
     """The prompt ids and the receipt for continuing ``base_text`` (default: the chapter);
-    ``frame``: context.build's (None: its default)."""
+    ``frame``: context.build's (None: its default); ``instruction``: the writer's word for
+    this Continue only, read as a note after the last words and never saved."""
     lm = novel.model.get()
     ch = novel.chapters.get(chapter_id)
     budget = budget or min(DEFAULT_BUDGET, lm.context_length // 2)
@@ -30,6 +33,8 @@ def build_context(novel, chapter_id: int, budget: int | None = None,
     pins = [(context.Receipt.quote(m["text"]), m["text"]) for m in pinned]
     tail = ch["text"] if base_text is None else base_text
     tail = novel.notes.inline_tail(chapter_id, tail)  # recent notes stay inline
+    if instruction := " ".join((instruction or "").split()):
+        tail = with_thoughts(tail, [Thought(len(tail), INSTRUCTION.format(instruction))])
     recalled, warnings = novel.memories.recall(tail, budget,
                                                {f"memory:{m['id']}" for m in pinned},
                                                lm.tokenizer)
@@ -65,9 +70,11 @@ class Run:
         return self.adapter_key is not None
 
 
-def continue_passage(novel, chapter_id, sampling, prompt="", budget=None, action="continue"):
+def continue_passage(novel, chapter_id, sampling, prompt="", budget=None, action="continue",
+                     instruction=""):
     """Stream a new passage onto the chapter; yields Events, saves as it goes. The caller
     holds the novel's Desk."""
+    validate_text("The instruction", instruction or "", MAX_INSTRUCTION_CHARS)
     run = Run(chapter_id, sampling, base_text(novel, chapter_id, prompt))
     if novel.model.peek() is None:  # a first Continue right after start: say why it waits
         yield Event(text=run.base, status="Waiting for the model to load…")
@@ -79,7 +86,8 @@ def continue_passage(novel, chapter_id, sampling, prompt="", budget=None, action
     yield from plan_note(novel, run)
     # a model tuned to write its notes inline learned them in plain text, not in a chat
     run.ids, run.receipt = build_context(novel, chapter_id, budget, run.base,
-                                         frame="raw" if run.self_mode else None)
+                                         frame="raw" if run.self_mode else None,
+                                         instruction=instruction)
     novel.last_receipt = run.receipt
     forward, key = yield from read_memories(novel, run)
     yield from stream(novel, run, action, forward, key)

@@ -124,7 +124,8 @@ def wire(lib, m, novel_dd, chapter_radio, editor, receipt_md, receipt_acc,
     def change(fn, message):
         @action(len(outs), 2, lib=lib)
         def handler(novel, query, key, text, *extra):
-            key = fn(novel, key, text, *extra) or key
+            new = fn(novel, key, text, *extra)  # None: the same memory stays selected,
+            key = key if new is None else new    # "": none (it was deleted)
             return listing(novel, query, key, ok(message))
         return handler
 

@@ -7,30 +7,18 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from ui_helpers import continue_and_wait, editor, on_disk, start_chapter, status, wait_ready
+from ui_helpers import (continue_and_wait, editor, model_note, on_disk, start_chapter, status,
+                        wait_ready)
 
 
 MODEL_NOTE = "The keeper hides the letter under the lamp."
-
-
-def _model_note(projects, name):
-    """A margin note as a Continue records one: the model's, on its passage. (The random
-    test model's own notes rarely pass the note checks, so one is written as they are.)"""
-    from engine.thoughts import ThoughtBook
-
-    def write(st):
-        cid = st.chapters()[0]["id"]
-        passage = max(st.passages.ids())
-        ThoughtBook(st).add(cid, len(st.chapter(cid)["text"]), MODEL_NOTE, passage_id=passage,
-                            author="model")
-    on_disk(projects, name, write)
 
 
 def test_edit_a_thought_and_it_persists(app_server, page):
     url, projects = app_server
     start_chapter(page, url, "Notes Book")
     continue_and_wait(page)
-    _model_note(projects, "Notes Book")
+    model_note(projects, "Notes Book", MODEL_NOTE)
     page.reload()
     wait_ready(page)
     margin = page.locator("#thoughts-list")

@@ -8,7 +8,7 @@ import re
 
 from playwright.sync_api import expect
 
-from ui_helpers import (OPENING, continue_and_wait, create_novel, editor, on_disk,
+from ui_helpers import (OPENING, continue_and_wait, create_novel, editor, model_note, on_disk,
                         set_max_tokens, start_chapter, start_writing, status, stop_writing,
                         type_text, wait_ready)
 
@@ -280,16 +280,19 @@ def test_the_whole_writers_path(app_server, browser, tmp_path):
 
 
 def test_notes_follow_undo_and_redo(app_server, page):
-    url, _ = app_server
+    url, projects = app_server
     start_chapter(page, url, "Undo Notes Book")
     continue_and_wait(page)
+    model_note(projects, "Undo Notes Book", "The keeper hides the letter.")  # see model_note
+    page.reload()
+    wait_ready(page)
     notes = page.locator("#thoughts-list")
-    expect(notes).to_contain_text("💭", timeout=60_000)
+    expect(notes).to_contain_text("The keeper hides the letter.", timeout=60_000)
     page.locator("#undo").click()
     expect(editor(page)).to_have_value(OPENING)
-    expect(notes).not_to_contain_text("💭")  # the passage's notes go with it
+    expect(notes).not_to_contain_text("The keeper hides")  # the passage's notes go with it
     page.reload()
     wait_ready(page)  # Redo is pressed on the loaded page, not before it
-    expect(page.locator("#thoughts-list")).not_to_contain_text("💭")
+    expect(page.locator("#thoughts-list")).not_to_contain_text("The keeper hides")
     page.locator("#redo").click()
-    expect(page.locator("#thoughts-list")).to_contain_text("💭")
+    expect(page.locator("#thoughts-list")).to_contain_text("The keeper hides the letter.")

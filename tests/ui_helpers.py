@@ -83,6 +83,19 @@ def on_disk(projects, name, read):
         st.close()
 
 
+def model_note(projects, name, text: str) -> None:
+    """A margin note as a Continue records one: the model's, on its last passage, at the
+    end of the first chapter. (The random test model's own notes rarely pass the note
+    checks, so a test that needs one writes it; the page shows it after a reload.)"""
+    from engine.thoughts import ThoughtBook
+
+    def write(st):
+        cid = st.chapters()[0]["id"]
+        ThoughtBook(st).add(cid, len(st.chapter(cid)["text"]), text,
+                            passage_id=max(st.passages.ids()), author="model")
+    on_disk(projects, name, write)
+
+
 def start_writing(page, before: str, grown: int = 8):
     """Press Continue with room to write; wait until the model has added ``grown``
     characters to ``before``."""

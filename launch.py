@@ -144,6 +144,12 @@ def main(argv=None) -> int:
     from engine.models import ModelSlot
     from engine.novel import Library
 
+    # transformers is imported here, once, before the model and the embedder load in
+    # two threads: its lazy module imported from both at once can fail in one of them
+    # ("cannot import name 'AutoModelForCausalLM'", seen in a browser run)
+    import transformers  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
     lib = Library(args.projects_dir, ModelSlot(args.model).start())
     # Internal errors of the page go to stderr and <projects dir>/mnemosyne.log.
     configure_logging(lib.root)

@@ -12,6 +12,8 @@ import difflib
 import re
 from dataclasses import dataclass, field
 
+from .settings import EVERY, parse_every  # noqa: F401 - one parser of a note cadence
+
 BEGIN, END = "⟦", "⟧"
 _ESCAPES = {BEGIN: "[[", END: "]]"}
 NOTE_TOKENS = 48
@@ -239,20 +241,8 @@ class ThoughtBook:
         return "".join(out)
 
 
-EVERY = ("passage", "paragraph")  # or a whole number of tokens (see note_points)
 MIN_NOTE_PIECE = 120  # characters: a line of dialogue needs no note of its own
 _SENTENCE_END = re.compile(r"[.!?…][\"'”’)]*$")
-
-
-def parse_every(value) -> str | int:
-    """'passage' | 'paragraph' | N tokens (16..4096) from a setting, a flag or the UI."""
-    v = str(value).strip().lower()
-    if v in EVERY:
-        return v
-    if v.isdigit() and 16 <= int(v) <= 4096:
-        return int(v)
-    raise ValueError(f"A note goes after each passage, each paragraph, or every N tokens "
-                     f"(16 to 4,096), not '{value}'.")
 
 
 def note_points(text: str, every, tokenizer=None) -> list[int]:
